@@ -1,0 +1,46 @@
+# gctnet: every target sets up what it needs (virtual environment, packages, dataset) by itself.
+#   make test   - create .venv, install gctnet[dev,timm,onnx], get Fashion-MNIST, run the test suite
+#   make demo   - the main job: compare plain / SE / GCT ResNet-20 on Fashion-MNIST, write a report
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gctnet-installed
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: test demo install data bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST from Debian's package dataset-fashion-mnist (no run-time download); skipped with a
+# note where apt is not available: gctnet then explains where to put the files.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -n "$$GCTNET_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dataset-fashion-mnist (Debian package)"; \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null)) ; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else echo "note: install Fashion-MNIST yourself (see README: Data)"; fi
+
+test: install data
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install data
+	$(BIN)/gctnet compare --preset demo --out $(DEMO_OUT)
+	@echo "report: $(DEMO_OUT)/report.md"
+
+bench: install
+	$(BIN)/gctnet bench all --markdown BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

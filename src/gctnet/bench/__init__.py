@@ -1,0 +1,1 @@
+"""Benchmarks and cost accounting (layer, model, FLOP/param/memory)."""

@@ -1,0 +1,10 @@
+"""gctnet eval (not yet implemented)."""
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("gctnet eval is not implemented yet")
