@@ -238,7 +238,8 @@ class _GCTFunction(torch.autograd.Function):
 
     Saves x and per-(n, c) statistics only.  Backward: one reduction over (grad, x) (a batched dot
     product, no full-size temporary in the common case) and one pointwise pass for grad_x.
-    Double backward raises (``once_differentiable``) instead of returning wrong numbers.
+    Double backward (``create_graph=True``) differentiates a recomputation with plain ops instead, so
+    higher-order gradients are correct (just not lean).
     """
 
     @staticmethod
@@ -246,15 +247,16 @@ class _GCTFunction(torch.autograd.Function):
         with _no_autocast(x.device.type):
             t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
             y = _scale(x, 1.0 + t)
-        ctx.mode, ctx.after_relu = mode, after_relu
+        ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
         ctx.param_dtypes = (alpha.dtype, gamma.dtype, beta.dtype)
-        ctx.save_for_backward(x, alpha, gamma, t, s, e, norm_inv)
+        ctx.save_for_backward(x, alpha, gamma, beta, t, s, e, norm_inv)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
-        x, alpha, gamma, t, s, e, norm_inv = ctx.saved_tensors
+        x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            return _double_backward(ctx, dy, x, alpha, gamma, beta)
         acc = t.dtype
         with _no_autocast(x.device.type):
             a, g = alpha.to(acc), gamma.to(acc)
@@ -288,6 +290,18 @@ class _GCTFunction(torch.autograd.Function):
                 else:
                     grad_x.addcmul_(torch.sign(x), coef_x)
         return grad_x, grad_alpha, grad_gamma, grad_beta, None, None, None
+
+
+def _double_backward(ctx, dy, x, alpha, gamma, beta):
+    inputs = (x, alpha, gamma, beta)
+    wanted = [i for i in range(4) if ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        y = _gct_traceable(x, alpha, gamma, beta, ctx.eps, ctx.mode, ctx.after_relu)
+        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], dy, create_graph=True, allow_unused=True)
+    out = [None] * 7
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
 
 
 def _gct_traceable(x, alpha, gamma, beta, eps, mode, after_relu) -> Tensor:
