@@ -65,13 +65,6 @@ class _Loaded:
     config: dict[str, Any] = field(default_factory=dict)  # the training config of gctnet runs
 
 
-def _is_official_state(obj: Any) -> bool:
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        return False
-    return any(isinstance(k, str) and k.replace("module.", "", 1).startswith("stem.conv1.0.") for k in state)
-
-
 def load_source(source: Source) -> _Loaded:
     """Model behind ``source``: an ``nn.Module`` (used as is), a gctnet run folder or checkpoint file
     (via :func:`gctnet.train.load_checkpoint_model`), or the official GCT-ResNet-50 checkpoint (via
@@ -91,24 +84,19 @@ def load_source(source: Source) -> _Loaded:
     if path.is_dir():
         model, ckpt = load_checkpoint_model(path)
         return _Loaded(model, str(path), "run", dict(ckpt.get("config") or {}))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path and what was expected
-        raise ValueError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {exc}); expected a gctnet run "
-            "folder, a gctnet last.pt/best.pt or the official GCT-ResNet-50 checkpoint"
-        ) from exc
-    if isinstance(obj, dict) and "model_name" in obj:
+    from ..models.official import CheckpointError, load_official_checkpoint, read_checkpoint
+
+    obj = read_checkpoint(path)  # safe: tensors and plain containers only; .safetensors too
+    if "model_name" in obj:
         model, ckpt = load_checkpoint_model(path)
         return _Loaded(model, str(path), "checkpoint", dict(ckpt.get("config") or {}))
-    if _is_official_state(obj):
-        from ..models.official import load_official_checkpoint
-
+    try:
         return _Loaded(load_official_checkpoint(obj), str(path), "official")
-    raise ValueError(
-        f"{path} is neither a gctnet checkpoint (no 'model_name' key) nor the official GCT-ResNet-50 "
-        "checkpoint (no 'stem.conv1.0.*' GCT parameters)"
-    )
+    except CheckpointError as exc:
+        raise ValueError(
+            f"{path} is neither a gctnet checkpoint (it has no 'model_name' entry) nor a checkpoint of the "
+            f"official GCT-ResNet-50 ({exc})"
+        ) from exc
 
 
 def _dataset_from_config(config: dict[str, Any]) -> tuple[Optional[Any], str]:

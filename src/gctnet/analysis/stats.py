@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..functional import gct_gate
 from ..layers import GCT
+from ..surgery import gct_modules
 
 __all__ = [
     "Summary",
@@ -102,12 +103,7 @@ def _strip_wrappers(name: str) -> str:
 
 def find_gct_modules(model: nn.Module) -> list[tuple[str, GCT]]:
     """``(name, GCT)`` pairs of ``model`` in network order; raises ``ValueError`` when there are none."""
-    try:
-        from ..surgery import gct_modules  # the project's definition of "network order"
-    except ImportError:  # surgery not available: registration order (forward order for usual models)
-        pairs = [(n, m) for n, m in model.named_modules() if isinstance(m, GCT)]
-    else:
-        pairs = list(gct_modules(model))
+    pairs = list(gct_modules(model))
     if not pairs:
         raise ValueError(
             f"{type(model).__name__} contains no gctnet.GCT modules; the analysis needs a model with GCT "
