@@ -196,17 +196,62 @@ def _stats(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mo
     (1 / sqrt(mean s^2 + eps) for l2, 1 / (mean |s| + eps) for l1).
     """
     acc = _acc_dtype(x.dtype)
+    kind = "sumsq" if mode == "l2" else ("sum" if after_relu else "sumabs")
+    return _stats_from_sums(_reduce_spatial(x, kind, acc), alpha, gamma, beta, eps, mode)
+
+
+def _stats_from_sums(S: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str):
+    """(t, s, e, norm_inv) of :func:`_stats` from the per-(n, c) spatial sums ``S`` (N, C).
+
+    ``S`` is sum x^2 (l2), sum |x| (l1) or sum x (l1 after ReLU) in the accumulation dtype; shared with
+    the accelerated kernels, which compute ``S`` themselves.
+    """
+    acc = S.dtype
     a, g, b = alpha.to(acc), gamma.to(acc), beta.to(acc)
     if mode == "l2":
-        e = torch.sqrt(_reduce_spatial(x, "sumsq", acc) + eps)
+        e = torch.sqrt(S + eps)
         s = a * e
         norm_inv = torch.rsqrt(s.square().mean(dim=1, keepdim=True) + eps)
     else:
-        e = _reduce_spatial(x, "sum" if after_relu else "sumabs", acc)
+        e = S
         s = a * e
         norm_inv = 1.0 / (s.abs().mean(dim=1, keepdim=True) + eps)
     t = torch.tanh(g * s * norm_inv + b)
     return t, s, e, norm_inv
+
+
+def _grads_from_dot(
+    p: Tensor,
+    alpha: Tensor,
+    gamma: Tensor,
+    t: Tensor,
+    s: Tensor,
+    e: Tensor,
+    norm_inv: Tensor,
+    mode: str,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The per-(n, c) part of the backward from ``p = sum_spatial(grad_y * x)`` (N, C).
+
+    Returns ``(coef, grad_alpha, grad_gamma, grad_beta)`` in the accumulation dtype (parameter grads
+    only where ``needs`` says so).  ``grad_x = grad_y * (1 + t) + coef * x`` for l2,
+    ``+ coef * sign(x)`` for l1 and ``+ coef`` for l1 after ReLU.  Shared with the accelerated kernels.
+    """
+    acc = t.dtype
+    a, g = alpha.to(acc), gamma.to(acc)
+    dz = p * (1.0 - t * t)
+    c = t.shape[1]
+    gsum = (dz * g * s).sum(dim=1, keepdim=True)
+    if mode == "l2":
+        ds = dz * g * norm_inv - s * norm_inv.pow(3) * gsum / c
+        coef = ds * a / e  # dL/dx extra term = x * coef   (e = sqrt(S + eps) > 0)
+    else:
+        ds = dz * g * norm_inv - torch.sign(s) * norm_inv.square() * gsum / c
+        coef = ds * a  # dL/dx extra term = sign(x) * coef  (or coef after ReLU)
+    grad_alpha = (ds * e).sum(dim=0) if needs[0] else None
+    grad_gamma = (dz * s * norm_inv).sum(dim=0) if needs[1] else None
+    grad_beta = dz.sum(dim=0) if needs[2] else None
+    return coef, grad_alpha, grad_gamma, grad_beta
 
 
 def _scale(x: Tensor, gate: Tensor) -> Tensor:
@@ -259,25 +304,15 @@ class _GCTFunction(torch.autograd.Function):
             return _double_backward(ctx, dy, x, alpha, gamma, beta)
         acc = t.dtype
         with _no_autocast(x.device.type):
-            a, g = alpha.to(acc), gamma.to(acc)
             # dL/dgate, per (n, c): the only full-size reduction of the backward
             p = _dot_spatial(dy, x, acc)
-            dz = p * (1.0 - t * t)
-            c = x.shape[1]
-            gsum = (dz * g * s).sum(dim=1, keepdim=True)
-            if ctx.mode == "l2":
-                ds = dz * g * norm_inv - s * norm_inv.pow(3) * gsum / c
-                coef = ds * a / e  # dL/dx extra term = x * coef   (e = sqrt(S + eps) > 0)
-            else:
-                ds = dz * g * norm_inv - torch.sign(s) * norm_inv.square() * gsum / c
-                coef = ds * a  # dL/dx extra term = sign(x) * coef  (or coef after ReLU)
-            grad_alpha = grad_gamma = grad_beta = grad_x = None
-            if ctx.needs_input_grad[1]:
-                grad_alpha = (ds * e).sum(dim=0).to(ctx.param_dtypes[0])
-            if ctx.needs_input_grad[2]:
-                grad_gamma = (dz * s * norm_inv).sum(dim=0).to(ctx.param_dtypes[1])
-            if ctx.needs_input_grad[3]:
-                grad_beta = dz.sum(dim=0).to(ctx.param_dtypes[2])
+            coef, grad_alpha, grad_gamma, grad_beta = _grads_from_dot(
+                p, alpha, gamma, t, s, e, norm_inv, ctx.mode, tuple(ctx.needs_input_grad[1:4])
+            )
+            grad_alpha, grad_gamma, grad_beta = (
+                g if g is None else g.to(dt) for g, dt in zip((grad_alpha, grad_gamma, grad_beta), ctx.param_dtypes)
+            )
+            grad_x = None
             if ctx.needs_input_grad[0]:
                 shape = _stat_shape(x)
                 gate = (1.0 + t).to(x.dtype).view(shape)
