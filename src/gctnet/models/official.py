@@ -102,9 +102,13 @@ def _official_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def resnet50_official(num_classes: int = 1000, in_chans: int = 3) -> ResNet:
-    """The official model's backbone *without* GCT (stride in 1x1, official init): the fair baseline."""
-    model = ResNet(OfficialBottleneck, [3, 4, 6, 3], num_classes=num_classes)
+def resnet50_official(num_classes: int = 1000, in_chans: int = 3,
+                      norm_layer: Optional[Callable[..., nn.Module]] = None) -> ResNet:
+    """The official model's backbone *without* GCT (stride in 1x1, official init): the fair baseline.
+
+    ``norm_layer`` defaults to ``nn.BatchNorm2d`` (detection uses ``FrozenBatchNorm2d``).
+    """
+    model = ResNet(OfficialBottleneck, [3, 4, 6, 3], num_classes=num_classes, norm_layer=norm_layer)
     if in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
     _official_init(model)
