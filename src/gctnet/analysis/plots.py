@@ -3,7 +3,8 @@
 * :func:`plot_gamma_boxplot` - gamma distribution per GCT layer along depth, coloured by stage (the
   paper's figure);
 * :func:`plot_gamma_positive` - share of channels with gamma > 0 per layer;
-* :func:`plot_gate_mean` - mean gate per layer with its spread and the share of amplified channels.
+* :func:`plot_gate_mean` - mean gate per layer with its spread and the share of amplified channels;
+* :func:`plot_accuracy_curves`, :func:`plot_final_per_seed` - the figures of ``gctnet compare``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any, Union
 
 from .stats import GateStats, LayerStats
 
-__all__ = ["plot_gamma_boxplot", "plot_gamma_positive", "plot_gate_mean", "stage_colors"]
+__all__ = [
+    "plot_gamma_boxplot",
+    "plot_gamma_positive",
+    "plot_gate_mean",
+    "plot_accuracy_curves",
+    "plot_final_per_seed",
+    "stage_colors",
+]
 
 PathLike = Union[str, Path]
 
@@ -42,10 +50,18 @@ def _figure(n_layers: int, height: float = 3.8) -> tuple[Any, Any]:
     return plt.subplots(figsize=(width, height), dpi=110)
 
 
+def _save(fig: Any, path: PathLike) -> Path:
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
 def _finish(fig: Any, ax: Any, layers: Sequence[Any], colors: dict[str, Any], path: PathLike) -> Path:
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
     n = len(layers)
     step = max(1, n // 25)
     ax.set_xticks(range(1, n + 1, step))
@@ -54,12 +70,7 @@ def _finish(fig: Any, ax: Any, layers: Sequence[Any], colors: dict[str, Any], pa
     handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.5, label=s) for s, c in colors.items()]
     ax.legend(handles=handles, title="stage", fontsize=8, title_fontsize=8, loc="best", framealpha=0.8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_gamma_boxplot(layers: Sequence[LayerStats], path: PathLike, *, title: str = "") -> Path:
@@ -121,3 +132,69 @@ def plot_gate_mean(gates: Sequence[GateStats], path: PathLike, *, title: str = "
     ax2.legend(loc="lower right", fontsize=8, framealpha=0.8)
     ax.set_title(title or "GCT gate per layer on real data", fontsize=10)
     return _finish(fig, ax, gates, colors, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparison figures (used by gctnet.compare)
+# --------------------------------------------------------------------------------------------------
+def plot_accuracy_curves(
+    curves: dict[str, list[list[float]]], path: PathLike, *, ylabel: str = "validation top-1 (%)", title: str = ""
+) -> Path:
+    """Mean (line) and +-1 std band over seeds of a per-epoch metric, one colour per model.
+
+    ``curves`` maps a model name to its seeds' per-epoch values; seeds with fewer epochs are averaged
+    over the epochs they have.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    colors = stage_colors(list(curves))
+    for model, seeds in curves.items():
+        n = max((len(c) for c in seeds), default=0)
+        if n == 0:
+            continue
+        grid = np.full((len(seeds), n), np.nan)
+        for i, c in enumerate(seeds):
+            grid[i, : len(c)] = [np.nan if v is None else v for v in c]
+        epochs = np.arange(1, n + 1)
+        columns = [col[~np.isnan(col)] for col in grid.T]
+        mean = np.array([col.mean() if col.size else np.nan for col in columns])
+        std = np.array([col.std(ddof=1) if col.size > 1 else 0.0 for col in columns])
+        ax.plot(epochs, mean, marker="o", markersize=3, color=colors[model], label=f"{model} (n={len(seeds)})")
+        ax.fill_between(epochs, mean - std, mean + std, color=colors[model], alpha=0.2, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Validation accuracy per epoch (mean +- 1 std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if curves and max(len(c) for seeds in curves.values() for c in seeds) <= 20:
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    return _save(fig, path)
+
+
+def plot_final_per_seed(
+    values: dict[str, dict[int, float]], path: PathLike, *, ylabel: str = "final validation top-1 (%)", title: str = ""
+) -> Path:
+    """Strip plot: one point per seed (labelled with the seed) and a bar for the mean, per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(values) + 2), 4.2), dpi=110)
+    colors = stage_colors(list(values))
+    for x, (model, per_seed) in enumerate(values.items()):
+        seeds = sorted(per_seed)
+        k = len(seeds)
+        offsets = [(i - (k - 1) / 2) * min(0.08, 0.5 / max(k, 1)) for i in range(k)]
+        ys = [per_seed[s] for s in seeds]
+        ax.scatter([x + o for o in offsets], ys, color=colors[model], s=28, zorder=3, edgecolor="black", linewidth=0.4)
+        for o, y, s in zip(offsets, ys, seeds):
+            ax.annotate(str(s), (x + o, y), textcoords="offset points", xytext=(4, 0), fontsize=6, color="gray")
+        if ys:
+            mean = sum(ys) / len(ys)
+            ax.hlines(mean, x - 0.3, x + 0.3, color="black", linewidth=1.2, zorder=4)
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(list(values), rotation=15, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(values) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Final accuracy per seed (points, labelled by seed) and mean (bar)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

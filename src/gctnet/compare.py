@@ -1,0 +1,717 @@
+"""The main job: train plain, SE and GCT variants under one recipe and several seeds, then report.
+
+>>> import gctnet.compare
+>>> result = gctnet.compare.run(["resnet20", "gct_resnet20"], seeds=[0, 1], out="runs/cmp", preset="demo")
+>>> print(result.report)          # runs/cmp/report.md
+
+Every (model, seed) is trained by :func:`gctnet.train.run` into ``OUT/runs/<model>/seed<k>/`` with the
+same training options; finished runs are skipped and interrupted ones resumed, so calling ``run`` again
+on the same folder continues a comparison.  Written to ``OUT``:
+
+* ``runs.csv`` - one row per run (final/best top-1, top-5, params, MACs, train time, images/s);
+* ``summary.csv``, ``summary.md`` - one row per model: mean +- std over seeds, per-seed accuracies,
+  parameters, GCT parameters, MACs, train time, images/s and the paired difference to the plain model;
+* ``val_top1_vs_epoch.png`` (mean and +-1 std band per model), ``final_top1_per_seed.png`` (strip plot);
+* ``analysis/<model>/`` - :func:`gctnet.analysis.analyze` of every GCT model, pooled over its seeds;
+* ``report.md`` - all of the above on one page; ``compare.json`` - the settings and the numbers.
+
+Presets (:data:`PRESETS`) hold the only place where the demo and full study settings are defined;
+explicit training options override them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "DEFAULT_MODELS",
+    "CompareResult",
+    "parse_seeds",
+    "parse_models",
+    "baseline_model",
+    "run",
+    "summarize",
+    "run_dir",
+    "write_outputs",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20_block")
+_VARIANT_PREFIXES = ("se_", "gct_")
+
+
+# --------------------------------------------------------------------------------------------------
+# presets: the one place where the demo and the study settings live
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    """Seeds and training options (:class:`gctnet.train.TrainConfig` fields) of a comparison."""
+
+    name: str
+    seeds: tuple[int, ...]
+    train: Mapping[str, Any]
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        name="demo",
+        seeds=(0, 1),
+        train={"epochs": 3, "subset": 8192},
+        description="quick look, about 10 minutes on 2 CPU cores for the 4 default models: "
+        "3 epochs on 8,192 training images, 2 seeds, validation on the full test set",
+    ),
+    "full": Preset(
+        name="full",
+        seeds=(0, 1, 2, 3, 4),
+        train={"epochs": 30, "subset": None},
+        description="the study setting: the full training set, 30 epochs, 5 seeds",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# argument helpers
+# --------------------------------------------------------------------------------------------------
+def parse_seeds(value: Union[str, int, Sequence[int]]) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; a single integer ``n`` (``"3"`` or 3) -> seeds ``0..n-1``; ``"5,"`` -> [5]."""
+    if isinstance(value, bool):
+        raise TypeError(f"seeds must be an int, a comma list or a sequence of ints, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"a number of seeds must be >= 1, got {value}")
+        return list(range(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if "," not in text:
+            try:
+                return parse_seeds(int(text))
+            except ValueError as exc:
+                raise ValueError(f"seeds must be a comma list such as 0,1,2 or a count such as 3, got {value!r}") from exc
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError as exc:
+            raise ValueError(f"seeds must be a comma list of integers such as 0,1,2, got {value!r}") from exc
+    else:
+        seeds = [int(s) for s in value]
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    return seeds
+
+
+def parse_models(value: Union[str, Sequence[str]]) -> list[str]:
+    """``"a,b,c"`` or a sequence -> a list of registered model names (clear error for unknown ones)."""
+    from .models import list_models
+
+    names = [m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m and m.strip()]
+    if not names:
+        raise ValueError("at least one model is needed")
+    if len(set(names)) != len(names):
+        raise ValueError(f"models must be distinct, got {names}")
+    known = set(list_models())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        import difflib
+
+        hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, known, 3)) or '?'})" for n in unknown]
+        raise ValueError(f"unknown model(s): {'; '.join(hints)}; see `gctnet info --list` or gctnet.list_models()")
+    return names
+
+
+def baseline_model(models: Sequence[str]) -> str:
+    """The plain model the others are compared with: the first without an ``se_``/``gct_`` prefix
+    (and without a ``_block`` suffix), else the first listed."""
+    for m in models:
+        if not m.startswith(_VARIANT_PREFIXES) and not m.endswith("_block"):
+            return m
+    return models[0]
+
+
+def run_dir(out: PathLike, model: str, seed: int) -> Path:
+    """Folder of one run: ``OUT/runs/<model>/seed<k>``."""
+    return Path(out) / "runs" / model / f"seed{seed}"
+
+
+# --------------------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _status(path: Path) -> str:
+    """``done``, ``resume`` (a last.pt to continue from) or ``new``."""
+    summary = _read_json(path / "summary.json")
+    if summary and summary.get("finished"):
+        return "done"
+    if (path / "last.pt").is_file():
+        return "resume"
+    return "new"
+
+
+def _train_api() -> Any:
+    from . import train
+
+    return train
+
+
+def _config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(_train_api().TrainConfig)}
+
+
+def _non_recipe_fields() -> set[str]:
+    """TrainConfig fields that do not change what a run computes (or that compare sets per run)."""
+    from .train.config import RESUME_OVERRIDABLE
+
+    return (set(RESUME_OVERRIDABLE) - {"epochs"}) | {"model", "seed", "out", "resume", "overwrite"}
+
+
+def _make_config(model: str, seed: int, path: Path, options: Mapping[str, Any], status: str) -> Any:
+    """The TrainConfig of one run (a resumed run continues from its saved config)."""
+    TrainConfig = _train_api().TrainConfig
+    if status == "resume":
+        from .train.config import RESUME_OVERRIDABLE
+
+        keep = RESUME_OVERRIDABLE - {"out", "resume", "overwrite"}
+        return TrainConfig.for_resume(path, **{k: v for k, v in options.items() if k in keep})
+    # a folder without last.pt is a run that died before its first checkpoint: start it again
+    return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path), "overwrite": path.exists()})
+
+
+def _check_recipe(path: Path, intended: Mapping[str, Any]) -> None:
+    """A finished or interrupted run must have been made with the settings asked for now."""
+    saved = _read_json(path / "config.json")
+    if not saved:
+        return
+    skip = _non_recipe_fields()
+    diffs = [
+        f"{k}={saved[k]!r} (now {v!r})"
+        for k, v in intended.items()
+        if k not in skip and k in saved and _normal(saved[k]) != _normal(v)
+    ]
+    if diffs:
+        raise ValueError(
+            f"{path} was trained with other settings: {', '.join(diffs)}. Use another output folder, or "
+            "delete that run to train it again with the new settings"
+        )
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_normal(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# --------------------------------------------------------------------------------------------------
+# reading results
+# --------------------------------------------------------------------------------------------------
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    rows = []
+    try:
+        with open(path / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: _num(v) for k, v in row.items()})
+    except OSError:
+        pass
+    return rows
+
+
+def _num(v: Any) -> Any:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(x) if x.is_integer() and "." not in str(v) and "e" not in str(v).lower() else x
+
+
+def _mean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _std(xs: Sequence[float]) -> float:
+    """Sample standard deviation over seeds (n - 1); NaN for fewer than 2 values."""
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+@dataclass
+class ModelSummary:
+    """Aggregates of one model over its finished seeds (accuracies in %, from each run's last epoch)."""
+
+    model: str
+    seeds: list[int]
+    top1: list[float]
+    top5: list[float]
+    best_top1: list[float]
+    top1_mean: float
+    top1_std: float
+    top5_mean: float
+    top5_std: float
+    params: Optional[int]
+    gct_params: Optional[int]
+    macs: Optional[int]
+    train_seconds: float  # mean per run
+    images_per_sec: float  # mean per run
+    delta_top1_mean: Optional[float] = None  # paired (same seed) difference to the plain model
+    delta_top1_std: Optional[float] = None
+    delta_seeds: int = 0
+    is_baseline: bool = False
+    analysis: Optional[str] = None  # path of analysis.md, relative to the output folder
+    conclusion: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CompareResult:
+    """What :func:`run` produced: paths, per-run rows and per-model summaries."""
+
+    out: Path
+    models: list[str]
+    seeds: list[int]
+    baseline: str
+    runs: list[dict[str, Any]]
+    summaries: list[ModelSummary]
+    paths: dict[str, Path] = field(default_factory=dict)
+    trained: int = 0  # runs trained (or resumed) by this call
+    skipped: int = 0  # runs found finished
+
+    @property
+    def report(self) -> Path:
+        return self.paths["report"]
+
+
+def _model_costs(path: Path) -> dict[str, Any]:
+    """params, GCT params and MACs of a finished run's model at its dataset's input size."""
+    from .bench.accounting import model_info
+    from .data import dataset_info
+    from .train import load_checkpoint_model
+
+    model, ckpt = load_checkpoint_model(path)
+    config = dict(ckpt.get("config") or {})
+    info = dataset_info(config.get("data") or "fashion_mnist", config.get("data_dir"))
+    size = (info.in_chans, info.image_size, info.image_size)
+    mi = model_info(model, size, batch_size=2)
+    return {"params": mi.params, "gct_params": mi.gct_params, "gct_modules": mi.gct_modules, "macs": mi.macs}
+
+
+def _collect_runs(out: Path, models: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    rows = []
+    costs: dict[str, dict[str, Any]] = {}
+    for model in models:
+        for seed in seeds:
+            path = run_dir(out, model, seed)
+            summary = _read_json(path / "summary.json")
+            if not summary or not summary.get("finished"):
+                continue
+            if model not in costs:
+                costs[model] = _model_costs(path)
+            metrics = _read_metrics(path)
+            rows.append(
+                {
+                    "model": model,
+                    "seed": seed,
+                    "final_top1": summary.get("final_top1"),
+                    "final_top5": summary.get("final_top5"),
+                    "best_top1": summary.get("best_top1"),
+                    "epochs": summary.get("epochs", len(metrics)),
+                    **costs[model],
+                    "train_seconds": summary.get("train_seconds"),
+                    "images_per_sec": summary.get("images_per_sec"),
+                    "run_dir": str(path.relative_to(out)),
+                    "val_top1_curve": [m.get("val_top1") for m in metrics],
+                }
+            )
+    return rows
+
+
+def summarize(out: PathLike, models: Sequence[str], seeds: Sequence[int], baseline: Optional[str] = None) -> tuple[list[dict[str, Any]], list[ModelSummary]]:
+    """Per-run rows and per-model summaries of the finished runs in ``out`` (nothing is trained)."""
+    out = Path(out)
+    baseline = baseline or baseline_model(models)
+    runs = _collect_runs(out, models, seeds)
+    by_model: dict[str, list[dict[str, Any]]] = {m: [r for r in runs if r["model"] == m] for m in models}
+    base = {r["seed"]: r["final_top1"] for r in by_model.get(baseline, [])}
+    summaries = []
+    for model in models:
+        rs = by_model[model]
+        if not rs:
+            continue
+        top1 = [r["final_top1"] for r in rs]
+        top5 = [r["final_top5"] for r in rs]
+        s = ModelSummary(
+            model=model,
+            seeds=[r["seed"] for r in rs],
+            top1=top1,
+            top5=top5,
+            best_top1=[r["best_top1"] for r in rs],
+            top1_mean=_mean(top1),
+            top1_std=_std(top1),
+            top5_mean=_mean(top5),
+            top5_std=_std(top5),
+            params=rs[0]["params"],
+            gct_params=rs[0]["gct_params"],
+            macs=rs[0]["macs"],
+            train_seconds=_mean([r["train_seconds"] for r in rs]),
+            images_per_sec=_mean([r["images_per_sec"] for r in rs]),
+            is_baseline=model == baseline,
+        )
+        if model != baseline:
+            deltas = [r["final_top1"] - base[r["seed"]] for r in rs if r["seed"] in base]
+            if deltas:
+                s.delta_top1_mean, s.delta_top1_std, s.delta_seeds = _mean(deltas), _std(deltas), len(deltas)
+        summaries.append(s)
+    return runs, summaries
+
+
+# --------------------------------------------------------------------------------------------------
+# the comparison
+# --------------------------------------------------------------------------------------------------
+def run(
+    models: Union[str, Sequence[str], None] = None,
+    seeds: Union[str, int, Sequence[int], None] = None,
+    out: PathLike = "runs/compare",
+    *,
+    preset: str = "demo",
+    train_options: Optional[Mapping[str, Any]] = None,
+    baseline: Optional[str] = None,
+    analyze: bool = True,
+    analysis_batches: int = 1,
+    log: Optional[Callable[[str], None]] = print,
+) -> CompareResult:
+    """Train every (model, seed) with the same options, skip finished runs, write tables, plots, report.
+
+    Args:
+        models: registered model names (list or comma string); default :data:`DEFAULT_MODELS`.
+        seeds: list, comma string or a count ``n`` (seeds ``0..n-1``); default: the preset's seeds.
+        out: output folder (created; an existing one continues the comparison).
+        preset: ``"demo"`` or ``"full"`` (:data:`PRESETS`): default seeds and training options.
+        train_options: :class:`gctnet.train.TrainConfig` fields applied to every run; they override the
+            preset's.  ``model``, ``seed`` and the output folder are set per run.
+        baseline: the plain model for the differences (default: :func:`baseline_model`).
+        analyze: run :func:`gctnet.analysis.analyze` on every GCT model (pooled over its seeds).
+        analysis_batches: batches of 256 validation images for the gate statistics.
+        log: where progress lines go (``None``: silent).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    model_list = parse_models(DEFAULT_MODELS if models is None else models)
+    seed_list = parse_seeds(p.seeds if seeds is None else seeds)
+    base = baseline or baseline_model(model_list)
+    if base not in model_list:
+        raise ValueError(f"baseline {base!r} is not among the models {model_list}")
+    fields = _config_fields()
+    options: dict[str, Any] = {k: v for k, v in p.train.items() if k in fields}
+    user = dict(train_options or {})
+    reserved = {"model", "seed", "out", "resume", "overwrite"} & set(user)
+    if reserved:
+        raise ValueError(f"train_options may not set {sorted(reserved)}: compare sets them for every run")
+    unknown = sorted(set(user) - fields)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
+    options.update(user)
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(m, s, run_dir(out, m, s)) for m in model_list for s in seed_list]
+    status = {path: _status(path) for _, _, path in jobs}
+    TrainConfig = _train_api().TrainConfig
+    for model, seed, path in jobs:
+        intended = TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path)}).validate()
+        if status[path] != "new":
+            _check_recipe(path, intended.to_dict())
+    todo = sum(st != "done" for st in status.values())
+    say(
+        f"compare: {len(model_list)} models x {len(seed_list)} seeds = {len(jobs)} runs "
+        f"({len(jobs) - todo} already finished), preset {preset}, options {_describe(options)}; output {out}"
+    )
+    train = _train_api()
+    started = time.perf_counter()
+    durations: list[float] = []
+    trained = 0
+    for i, (model, seed, path) in enumerate(jobs, start=1):
+        st = status[path]
+        if st == "done":
+            say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
+            continue
+        remaining = todo - trained
+        eta = f"ETA {_fmt_seconds(_mean(durations) * remaining)}" if durations else "ETA after the first run"
+        what = "resuming" if st == "resume" else "training"
+        say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
+        t0 = time.perf_counter()
+        train.run(_make_config(model, seed, path, options, st))
+        durations.append(time.perf_counter() - t0)
+        trained += 1
+        if _status(path) != "done":
+            raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
+
+    runs, summaries = summarize(out, model_list, seed_list, base)
+    result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
+    if analyze:
+        _analyze_models(result, analysis_batches, say)
+    settings = {
+        "preset": preset,
+        "preset_description": p.description,
+        "train_options": options,
+        "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+        **environment(),
+    }
+    result.paths = write_outputs(result, settings)
+    say(f"compare: done ({trained} trained, {len(jobs) - todo} skipped); report: {result.paths['report']}")
+    return result
+
+
+def _describe(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "engine defaults"
+
+
+def _analyze_models(result: CompareResult, batches: int, say: Callable[[str], None]) -> None:
+    from .analysis import analyze
+
+    for s in result.summaries:
+        row = next(r for r in result.runs if r["model"] == s.model)
+        if not row.get("gct_modules"):
+            continue
+        dirs = [str(result.out / r["run_dir"]) for r in result.runs if r["model"] == s.model]
+        target = result.out / "analysis" / s.model
+        say(f"analyze: {s.model} ({len(dirs)} seed(s) pooled) -> {target}")
+        a = analyze(dirs, batches=batches, out=target)
+        s.analysis = str(target.relative_to(result.out) / "analysis.md")
+        s.conclusion = a.conclusion
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured (for the report)."""
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# output files
+# --------------------------------------------------------------------------------------------------
+_RUN_COLUMNS = (
+    "model", "seed", "final_top1", "final_top5", "best_top1", "epochs", "params", "gct_params", "macs",
+    "train_seconds", "images_per_sec", "run_dir",
+)
+_SUMMARY_COLUMNS = (
+    "model", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "delta_top1_mean", "delta_top1_std",
+    "delta_seeds", "params", "gct_params", "macs", "train_seconds", "images_per_sec", "top1_per_seed",
+    "top5_per_seed", "analysis",
+)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    if v is None:
+        return ""
+    return v
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in columns])
+    os.replace(tmp, path)
+    return path
+
+
+def _pm(mean: Optional[float], std: Optional[float], digits: int = 2, sign: bool = False) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    m = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return m if std is None or math.isnan(std) else f"{m} +- {std:.{digits}f}"
+
+
+def _si(n: Optional[float], unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}".rstrip()
+    return f"{n:g} {unit}".rstrip()
+
+
+def _summary_table(summaries: Sequence[ModelSummary], baseline: str) -> list[str]:
+    lines = [
+        f"| model | top-1 % (mean +- std) | vs {baseline} (paired) | top-5 % | top-1 per seed | params | GCT params "
+        "| MACs | train time / run | images/s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        if s.is_baseline:
+            delta = "(plain)"
+        elif s.delta_seeds:
+            delta = _pm(s.delta_top1_mean, s.delta_top1_std, sign=True) + f" (n={s.delta_seeds})"
+        else:
+            delta = "-"
+        per_seed = ", ".join(f"{seed}: {v:.2f}" for seed, v in zip(s.seeds, s.top1))
+        lines.append(
+            f"| {s.model} | {_pm(s.top1_mean, s.top1_std)} | {delta} | {_pm(s.top5_mean, s.top5_std)} | {per_seed} | "
+            f"{_si(s.params)} | {s.gct_params if s.gct_params is not None else '-'} | {_si(s.macs)} | "
+            f"{_fmt_seconds(s.train_seconds) if not math.isnan(s.train_seconds) else '-'} | "
+            f"{s.images_per_sec:.0f} |"
+        )
+    return lines
+
+
+_TABLE_NOTES = (
+    "Accuracies are on the validation set after the last epoch (not the best epoch, which would select on "
+    "the test data); +- is the sample standard deviation over seeds. The difference to the plain model is "
+    "paired by seed (same data order and initial seed), mean +- std over the seeds both models have. "
+    "MACs per image include GCT (2 per input element); train time and images/s are means per run "
+    "(training only, from the engine's summary)."
+)
+
+
+def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[str]:
+    opts = settings.get("train_options") or {}
+    return [
+        f"- preset: **{settings.get('preset')}** ({settings.get('preset_description')})",
+        f"- models: {', '.join(result.models)}; plain model: {result.baseline}",
+        f"- seeds: {', '.join(map(str, result.seeds))}",
+        f"- training options: {_describe(opts)} (everything else: gctnet.train defaults; full config in each "
+        "run's config.json)",
+        f"- measured {settings.get('date')} with torch {settings.get('torch')}, {settings.get('cpu_threads')} CPU "
+        f"threads, {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
+        f"{result.skipped} finished one(s), took {_fmt_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
+    ]
+
+
+def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[str, Path]:
+    """Write ``runs.csv``, ``summary.csv``, ``summary.md``, ``compare.json``, the figures and
+    ``report.md`` into ``result.out``; returns the paths by key."""
+    from .analysis.plots import plot_accuracy_curves, plot_final_per_seed
+    from .analysis.report import FIGURES
+
+    out = result.out
+    paths: dict[str, Path] = {}
+    paths["runs_csv"] = _write_csv(out / "runs.csv", _RUN_COLUMNS, result.runs)
+    summary_rows = []
+    for s in result.summaries:
+        row = s.to_dict()
+        row["seeds"] = " ".join(map(str, s.seeds))
+        row["top1_per_seed"] = " ".join(f"{v!r}" for v in s.top1)
+        row["top5_per_seed"] = " ".join(f"{v!r}" for v in s.top5)
+        summary_rows.append(row)
+    paths["summary_csv"] = _write_csv(out / "summary.csv", _SUMMARY_COLUMNS, summary_rows)
+
+    figures: dict[str, str] = {}
+    if result.runs:
+        curves = {s.model: [r["val_top1_curve"] for r in result.runs if r["model"] == s.model] for s in result.summaries}
+        finals = {s.model: dict(zip(s.seeds, s.top1)) for s in result.summaries}
+        paths["curves_png"] = plot_accuracy_curves(curves, out / "val_top1_vs_epoch.png")
+        paths["seeds_png"] = plot_final_per_seed(finals, out / "final_top1_per_seed.png")
+        figures = {"curves": "val_top1_vs_epoch.png", "seeds": "final_top1_per_seed.png"}
+
+    table = _summary_table(result.summaries, result.baseline)
+    per_run = ["| model | seed | top-1 % | top-5 % | best top-1 % | epochs | train time | images/s | run |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result.runs:
+        per_run.append(
+            f"| {r['model']} | {r['seed']} | {r['final_top1']:.2f} | {r['final_top5']:.2f} | {r['best_top1']:.2f} | "
+            f"{r['epochs']} | {_fmt_seconds(r['train_seconds'])} | {r['images_per_sec']:.0f} | [{r['run_dir']}]({r['run_dir']}) |"
+        )
+    analysis_lines = []
+    for s in result.summaries:
+        if s.analysis:
+            analysis_lines.append(f"- **{s.model}** ([analysis]({s.analysis})): {s.conclusion}")
+
+    summary_md = ["# Comparison summary", "", *_settings_lines(result, settings), "", *table, "", _TABLE_NOTES, ""]
+    if analysis_lines:
+        summary_md += ["## What GCT learned", "", *analysis_lines, ""]
+    summary_md += ["## Per run", "", *per_run, "", "Machine-readable: `summary.csv` (per model), `runs.csv` (per run), "
+                   "`compare.json`.", ""]
+    paths["summary_md"] = out / "summary.md"
+    paths["summary_md"].write_text("\n".join(summary_md))
+
+    report = ["# GCT comparison report", "", *_settings_lines(result, settings), "", "## Accuracy", "", *table, "",
+              _TABLE_NOTES, ""]
+    if "curves" in figures:
+        report += [f"![validation top-1 per epoch]({figures['curves']})", "",
+                   f"![final top-1 per seed]({figures['seeds']})", ""]
+    if analysis_lines:
+        report += ["## What GCT learned (gamma per layer, pooled over seeds)", ""]
+        for s in result.summaries:
+            if s.analysis:
+                folder = Path(s.analysis).parent.as_posix()
+                report += [f"### {s.model}", "", s.conclusion or "", "",
+                           f"![{s.model}: gamma per layer]({folder}/{FIGURES['gamma_boxplot']})", "",
+                           f"Details: [{s.analysis}]({s.analysis}) (per-layer table, gate statistics, figures).", ""]
+    report += ["## Files", "", "- [summary.md](summary.md): the table with per-run details",
+               "- `summary.csv`, `runs.csv`, `compare.json`: the numbers", "- `runs/<model>/seed<k>/`: each run "
+               "(config.json, metrics.csv, checkpoints, summary.json)", ""]
+    paths["report"] = out / "report.md"
+    paths["report"].write_text("\n".join(report))
+
+    data = {
+        "settings": dict(settings),
+        "models": result.models,
+        "seeds": result.seeds,
+        "baseline": result.baseline,
+        "summaries": [s.to_dict() for s in result.summaries],
+        "runs": result.runs,
+    }
+    paths["json"] = out / "compare.json"
+    paths["json"].write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    return paths
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
