@@ -1,0 +1,346 @@
+"""Triton GCT kernels (gctnet.kernels.triton_ops) against the lean eager path.
+
+Where the kernels run:
+* on CUDA (GPU machines): every kernel test below runs in this process on the GPU;
+* without a GPU: ``test_kernels_in_triton_interpreter`` re-runs this file in a subprocess with
+  ``TRITON_INTERPRET=1 GCTNET_BACKEND=triton``, where Triton executes the kernels on CPU tensors.
+  If the installed Triton cannot interpret kernels, that test skips and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gctnet import GCT, kernels
+from gctnet import functional as F
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_TRITON = kernels.triton_available()
+DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if INTERPRET else None)
+
+
+def _interpreter_works() -> bool:
+    """Can Triton run a trivial kernel here (in interpreter mode on CPU)?"""
+    if not (INTERPRET and HAS_TRITON):
+        return False
+    try:
+        from gctnet.kernels import triton_ops
+
+        x = torch.ones(1, 2, 3)
+        return torch.equal(triton_ops.spatial_reduce(x, "sum"), torch.full((1, 2), 3.0))
+    except Exception:  # pragma: no cover - depends on the installed Triton
+        return False
+
+
+RUN_KERNELS = HAS_TRITON and (DEVICE == "cuda" or _interpreter_works())
+needs_kernels = pytest.mark.skipif(
+    not RUN_KERNELS, reason="Triton kernels need CUDA or TRITON_INTERPRET=1 (see test_kernels_in_triton_interpreter)"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x.transpose(1, 2).contiguous().transpose(1, 2)  # (N, L, C) storage
+
+
+def _params(c: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    alpha = 1.0 + 0.2 * torch.randn(c, generator=g)
+    gamma = torch.randn(c, generator=g)
+    beta = 0.5 * torch.randn(c, generator=g)
+    return [p.to(DEVICE).requires_grad_(True) for p in (alpha, gamma, beta)]
+
+
+def _run(backend: str, x, params, dy, mode="l2", after_relu=False, grad_x=True):
+    kernels.set_backend(backend)
+    try:
+        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad_x)
+        y = F.gct(xg, *params, mode=mode, after_relu=after_relu)
+        inputs = ([xg] if grad_x else []) + list(params)
+        grads = torch.autograd.grad(y, inputs, dy)
+    finally:
+        kernels.set_backend(None)
+    return y, grads
+
+
+def _assert_close(a, b, tol):
+    torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+
+
+CASES = [
+    # shape, channels_last, mode, after_relu
+    ((2, 8, 5, 7), False, "l2", False),
+    ((2, 8, 5, 7), True, "l2", False),
+    ((3, 4, 11), False, "l1", False),
+    ((3, 4, 11), True, "l2", False),
+    ((2, 6, 3, 4, 5), True, "l1", True),
+    ((2, 6, 3, 4, 5), False, "l2", False),
+    ((2, 8, 5, 7), True, "l1", False),
+    ((3, 5, 1, 1), False, "l2", False),
+    ((1, 130, 3, 3), True, "l2", False),  # more channels than one channels_last tile
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# kernels vs eager
+# --------------------------------------------------------------------------------------------------
+@needs_kernels
+@pytest.mark.parametrize("shape,channels_last,mode,after_relu", CASES)
+def test_forward_and_gradients_match_eager(shape, channels_last, mode, after_relu):
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=DEVICE)
+    if after_relu:
+        x = x.relu()
+    if channels_last:
+        x = _channels_last(x)
+    dy = torch.randn_like(x)
+    params = _params(shape[1])
+    y, grads = _run("triton", x, params, dy, mode, after_relu)
+    y_ref, grads_ref = _run("eager", x, params, dy, mode, after_relu)
+    assert y.grad_fn is not None and "gct_fwd" in type(y.grad_fn).__name__, type(y.grad_fn).__name__
+    assert y.dtype == x.dtype and y.stride() == x.stride()
+    assert grads[0].stride() == x.stride()
+    _assert_close(y, y_ref, 1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        _assert_close(g, g_ref, 1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_half_precision_matches_float64(dtype, channels_last):
+    """RMS 10 over 24x24 overflows a half-precision sum of squares; the kernels accumulate in fp32."""
+    torch.manual_seed(1)
+    x64 = 10 * torch.randn(2, 4, 24, 24, device=DEVICE, dtype=torch.float64)
+    x = x64.to(dtype)
+    if channels_last:
+        x = _channels_last(x)
+    params = _params(4)
+    dy = torch.randn_like(x)
+    y, grads = _run("triton", x, params, dy)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    p64 = [p.detach().double().requires_grad_(True) for p in params]
+    y64, grads64 = _run("eager", x.double(), p64, dy.double())
+    tol = 1e-2 if dtype == torch.float16 else 4e-2
+    _assert_close(y, y64, tol * 10)  # |y| ~ 20: a few units in the last place
+    _assert_close(grads[0], grads64[0], tol * 10)
+    for g, g64 in zip(grads[1:], grads64[1:]):
+        torch.testing.assert_close(g.double(), g64, rtol=tol, atol=tol * g64.abs().max().item())
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["sumsq", "sumabs", "sum", "dot"])
+@pytest.mark.parametrize("splits", [1, 2, 3, 7])
+def test_spatial_reduce_with_split_rows(kind, splits):
+    from gctnet.kernels import triton_ops
+
+    torch.manual_seed(2)
+    a = torch.randn(2, 3, 9, 10, device=DEVICE)
+    b = _channels_last(torch.randn(2, 3, 9, 10, device=DEVICE))
+    expected = {
+        "sumsq": a.pow(2).sum((2, 3)),
+        "sumabs": a.abs().sum((2, 3)),
+        "sum": a.sum((2, 3)),
+        "dot": (a * b).sum((2, 3)),
+    }[kind]
+    got = triton_ops.spatial_reduce(a, kind, b if kind == "dot" else None, splits=splits)
+    assert got.dtype == torch.float32 and got.shape == (2, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_odd_strides_and_expanded_gradients():
+    """A sliced input (spatial dims that do not flatten) and a broadcast gradient from y.sum()."""
+    torch.manual_seed(3)
+    base = torch.randn(2, 4, 10, 6, device=DEVICE)
+    x = base[:, :, ::2, :]  # H stride 2W: not flattenable, copied to contiguous first
+    params = _params(4)
+    kernels.set_backend("triton")
+    try:
+        xg = x.detach().requires_grad_(True)
+        y = F.gct(xg, *params)
+        y.sum().backward()  # grad_y is an expanded (stride 0) tensor
+    finally:
+        kernels.set_backend(None)
+    xe = x.detach().requires_grad_(True)
+    pe = [p.detach().requires_grad_(True) for p in params]
+    kernels.set_backend("eager")
+    try:
+        ye = F.gct(xe, *pe)
+        ye.sum().backward()
+    finally:
+        kernels.set_backend(None)
+    _assert_close(y, ye, 1e-5)
+    _assert_close(xg.grad, xe.grad, 1e-4)
+    for p, q in zip(params, pe):
+        _assert_close(p.grad, q.grad, 1e-4)
+
+
+@needs_kernels
+def test_input_without_grad_skips_grad_x():
+    torch.manual_seed(4)
+    x = torch.randn(2, 4, 5, 5, device=DEVICE)
+    dy = torch.randn_like(x)
+    params = _params(4)
+    _, grads = _run("triton", x, params, dy, grad_x=False)
+    _, grads_ref = _run("eager", x, params, dy, grad_x=False)
+    for g, g_ref in zip(grads, grads_ref):
+        _assert_close(g, g_ref, 1e-4)
+
+
+@needs_kernels
+def test_double_backward_matches_eager():
+    torch.manual_seed(5)
+    x = torch.randn(2, 4, 3, 3, device=DEVICE, requires_grad=True)
+    params = _params(4)
+    results = []
+    for backend in ("triton", "eager"):
+        kernels.set_backend(backend)
+        try:
+            y = F.gct(x, *params)
+            (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+            (ggx,) = torch.autograd.grad(gx.sum(), x)
+        finally:
+            kernels.set_backend(None)
+        results.append((gx, ggx))
+    _assert_close(results[0][0], results[1][0], 1e-4)
+    _assert_close(results[0][1], results[1][1], 1e-4)
+
+
+@needs_kernels
+def test_custom_op_registration_passes_opcheck():
+    from gctnet.kernels import triton_ops  # noqa: F401  (registers the ops)
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 4, 5, device=DEVICE, requires_grad=True)
+    params = _params(3)
+    torch.library.opcheck(torch.ops.gctnet.gct_fwd.default, (x, *params, 1e-5, "l2", False))
+    xc = _channels_last(torch.randn(2, 3, 4, 5, device=DEVICE)).requires_grad_(True)
+    torch.library.opcheck(torch.ops.gctnet.gct_fwd.default, (xc, *params, 1e-5, "l1", False))
+
+
+@needs_kernels
+def test_torch_compile_sees_the_custom_op_without_graph_breaks():
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(GCT(4), torch.nn.Conv2d(4, 4, 3, padding=1)).to(DEVICE)
+    with torch.no_grad():
+        model[0].gamma.normal_()
+        model[0].beta.normal_()
+    x = torch.randn(2, 4, 6, 6, device=DEVICE, requires_grad=True)
+    kernels.set_backend("triton")
+    try:
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend=recording_backend, fullgraph=True)
+        y = compiled(x)
+        y.sum().backward()
+    finally:
+        kernels.set_backend(None)
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert "gctnet.gct_fwd" in str(graphs[0].graph)
+    xe = x.detach().requires_grad_(True)
+    kernels.set_backend("eager")
+    try:
+        ye = model(xe)
+        ye.sum().backward()
+    finally:
+        kernels.set_backend(None)
+    _assert_close(y, ye, 1e-5)
+    _assert_close(x.grad, xe.grad, 1e-4)
+
+
+@needs_kernels
+def test_export_uses_plain_ops():
+    model = GCT(4).to(DEVICE)
+    with torch.no_grad():
+        model.gamma.normal_()
+    x = torch.randn(2, 4, 5, 5, device=DEVICE)
+    kernels.set_backend("triton")
+    try:
+        ep = torch.export.export(model, (x,))
+    finally:
+        kernels.set_backend(None)
+    assert "gctnet" not in str(ep.graph)
+    _assert_close(ep.module()(x), model(x), 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu_large_activation_with_split_reduction(channels_last):
+    """Few (n, c) rows and a large map: the reduction splits rows across programs."""
+    torch.manual_seed(8)
+    x = torch.randn(1, 16, 224, 224, device="cuda", dtype=torch.float16)
+    if channels_last:
+        x = _channels_last(x)
+    dy = torch.randn_like(x)
+    params = _params(16)
+    y, grads = _run("triton", x, params, dy)
+    y_ref, grads_ref = _run("eager", x, params, dy)
+    _assert_close(y, y_ref, 2e-2)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g.float(), g_ref.float(), rtol=2e-2, atol=2e-2 * g_ref.abs().max().item())
+
+
+# --------------------------------------------------------------------------------------------------
+# selection (runs everywhere) and the interpreter driver
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_op_for_takes_only_supported_tensors():
+    from gctnet.kernels import triton_ops
+
+    dev = DEVICE or "cpu"
+    taken = triton_ops.op_for(torch.randn(2, 3, 4, device=dev)) is not None
+    assert taken == (dev == "cuda" or triton_ops.INTERPRET)
+    assert triton_ops.op_for(torch.randn(2, 3, 4, device=dev, dtype=torch.float64)) is None
+    assert triton_ops.op_for(torch.randn(0, 3, 4, device=dev)) is None
+    assert triton_ops.op_for(torch.randn(1, 2, 2, 2, 2, 2, device=dev)) is None  # 4 spatial dims
+
+
+def test_auto_backend_uses_eager_for_cpu_tensors():
+    if INTERPRET:
+        pytest.skip("the interpreter run forces GCTNET_BACKEND=triton")
+    kernels.set_backend("auto")
+    try:
+        assert kernels.select(torch.randn(2, 3, 4)) is None
+        y = F.gct(torch.randn(2, 3, 4, requires_grad=True), *_params_cpu(3))
+        assert "gct_fwd" not in type(y.grad_fn).__name__
+    finally:
+        kernels.set_backend(None)
+
+
+def _params_cpu(c):
+    return [torch.ones(c, requires_grad=True), torch.randn(c, requires_grad=True), torch.zeros(c, requires_grad=True)]
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the interpreter run")
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_kernels_in_triton_interpreter():
+    """Re-run this file with TRITON_INTERPRET=1 so the kernel tests execute on CPU tensors."""
+    env = dict(os.environ, TRITON_INTERPRET="1", GCTNET_BACKEND="triton", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-rs"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"interpreter run failed (exit {proc.returncode}):\n{out[-6000:]}"
+    if "Triton kernels need CUDA or TRITON_INTERPRET=1" in out:  # the child's skip reason (-rs)
+        pytest.skip(f"Triton's interpreter cannot run the kernels with this Triton:\n{out[-2000:]}")
+    assert re.search(r"\d+ passed", out), out[-2000:]
