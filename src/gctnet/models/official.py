@@ -51,6 +51,7 @@ __all__ = [
     "official_to_gctnet",
     "gctnet_to_official",
     "read_checkpoint",
+    "unwrap_state_dict",
     "load_official_checkpoint",
     "save_official_checkpoint",
     "NUM_GCT",
@@ -172,8 +173,9 @@ def _is_gct_key(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _GCT_PARAMS
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> StateDict:
-    """The tensors of a checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix."""
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
+    """The tensors of a checkpoint: unwrap a ``state_dict``/``model`` entry, strip a ``module.``
+    (DataParallel/DDP) or ``_orig_mod.`` (torch.compile) prefix shared by every key."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"expected a state_dict or a checkpoint dict, got {type(checkpoint).__name__}")
     for wrapper in ("state_dict", "model"):
@@ -204,7 +206,7 @@ def official_to_gctnet(checkpoint: Mapping[str, Any]) -> StateDict:
     layout (no official-only key such as ``stem.*`` or ``*.conv1.1.weight``) is returned unchanged,
     prefix stripped.
     """
-    state = _unwrap(checkpoint)
+    state = unwrap_state_dict(checkpoint)
     if not any(_OFFICIAL_MARKER.search(k) for k in state):
         return dict(state)  # gctnet (or torchvision) layout already: renaming would corrupt it
     out: StateDict = OrderedDict()
@@ -222,7 +224,7 @@ def gctnet_to_official(state_dict: Mapping[str, Tensor], *, module_prefix: bool 
     GCT tensors become shape [1, C, 1, 1] as in the official code; ``module_prefix`` prepends
     ``module.`` (what pytorch/examples' ``main.py`` saves from DataParallel/DDP and expects on resume).
     """
-    state = _unwrap(state_dict)
+    state = unwrap_state_dict(state_dict)
     prefix = "module." if module_prefix else ""
     out: StateDict = OrderedDict()
     for key, value in state.items():
@@ -349,7 +351,7 @@ def save_official_checkpoint(model: nn.Module, path: PathLike, *, module_prefix:
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_official_checkpoint expects an nn.Module, got {type(model).__name__}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    state = _unwrap(state)
+    state = unwrap_state_dict(state)
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
     with torch.device("meta"):  # only the key names and shapes are needed
         reference = gct_resnet50_official(num_classes=num_classes)
