@@ -1,0 +1,208 @@
+"""``TrainConfig``: every knob of a training run, validated, JSON-round-trippable, with recipes.
+
+``lr`` is the learning rate actually used; when it is ``None`` it is derived from ``lr_base`` with the
+linear scaling rule ``lr = lr_base * batch_size / lr_base_size`` (``lr_base`` defaults to 0.1 for SGD
+and 1e-3 for AdamW; 0.1 at batch 256 is the paper's setting).  ``batch_size`` is the global batch:
+under torchrun every process gets ``batch_size / world_size`` samples per step, so a recipe means the
+same thing on one process or many.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+__all__ = ["TrainConfig", "ConfigError", "RECIPES", "RESUME_OVERRIDABLE"]
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration (the CLI shows it as a usage error)."""
+
+
+AMP_CHOICES = ("none", "auto", "bf16", "fp16")
+OPT_CHOICES = ("sgd", "adamw")
+SCHED_CHOICES = ("cosine", "step", "constant")
+WD_POLICIES = ("paper", "none", "all")
+WARMUP_MODES = ("linear", "constant")
+
+# Fields that may change when a run is resumed (they do not change what is computed).
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "workers", "device", "quiet", "log_interval", "tensorboard", "dist_timeout", "compile",
+     "deterministic", "data_dir", "resume", "out", "overwrite"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Configuration of :func:`gctnet.train.run` (also what ``gctnet train`` builds from its options)."""
+
+    # model
+    model: str = "resnet20"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # data
+    data: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    download: bool = False
+    image_size: Optional[int] = None
+    skip_bad_images: bool = False
+    subset: Optional[int] = None
+    val_subset: Optional[int] = None
+    augment: bool = True
+    # schedule and optimisation
+    epochs: int = 2
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    opt: str = "sgd"
+    lr: Optional[float] = None
+    lr_base: Optional[float] = None
+    lr_base_size: int = 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    wd_policy: str = "paper"
+    sched: str = "cosine"
+    milestones: Optional[List[float]] = None
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.2
+    warmup_factor: float = 0.1
+    warmup_mode: str = "linear"
+    min_lr_factor: float = 0.0
+    label_smoothing: float = 0.0
+    # execution
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    workers: Optional[int] = None
+    device: str = "auto"
+    sync_bn: bool = False
+    dist_timeout: float = 300.0
+    # output
+    out: Optional[str] = None
+    overwrite: bool = False
+    resume: Optional[str] = None
+    quiet: bool = False
+    log_interval: int = 0
+    tensorboard: bool = False
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        base = self.lr_base if self.lr_base is not None else (0.1 if self.opt == "sgd" else 1e-3)
+        return float(base) * self.batch_size / self.lr_base_size
+
+    def resolved_milestones(self) -> List[float]:
+        """Step-schedule milestones in epochs (default: 30 %, 60 %, 90 % of the run, as in the paper)."""
+        if self.milestones is not None:
+            return [float(m) for m in self.milestones]
+        return [round(self.epochs * f) for f in (0.3, 0.6, 0.9)]
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first invalid field; returns ``self``."""
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        def positive_int(name: str, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name} must be a positive integer, got {v!r}")
+
+        need(isinstance(self.model, str) and bool(self.model), f"model must be a registered model name, got {self.model!r}")
+        need(isinstance(self.model_kwargs, dict), f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
+        try:
+            json.dumps(self.model_kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model_kwargs must hold plain values (str, numbers, lists, dicts): {exc}") from None
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr_base_size"):
+            positive_int(name)
+        for name in ("subset", "val_subset", "image_size"):
+            positive_int(name, allow_none=True)
+        need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
+             f"workers must be >= 0, got {self.workers!r}")
+        need(self.opt in OPT_CHOICES, f"opt must be one of {OPT_CHOICES}, got {self.opt!r}")
+        need(self.sched in SCHED_CHOICES, f"sched must be one of {SCHED_CHOICES}, got {self.sched!r}")
+        need(self.wd_policy in WD_POLICIES, f"wd_policy must be one of {WD_POLICIES}, got {self.wd_policy!r}")
+        need(self.amp in AMP_CHOICES, f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        need(self.warmup_mode in WARMUP_MODES, f"warmup_mode must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
+        for name in ("lr", "lr_base"):
+            v = getattr(self, name)
+            need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(not (self.opt == "sgd" and self.nesterov and self.momentum == 0),
+             "Nesterov momentum needs momentum > 0 (pass --no-nesterov for plain SGD)")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        need(0 <= self.warmup_epochs <= self.epochs,
+             f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        need(0 < self.warmup_factor <= 1, f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        need(0 <= self.min_lr_factor <= 1, f"min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
+        if self.milestones is not None:
+            need(self.sched == "step", "milestones only apply to the step schedule (sched='step')")
+            ms = [float(m) for m in self.milestones]
+            need(ms == sorted(ms) and all(0 < m for m in ms), f"milestones must be increasing positive epochs, got {self.milestones}")
+        need(self.dist_timeout > 0, f"dist_timeout must be positive seconds, got {self.dist_timeout}")
+        need(self.log_interval >= 0, f"log_interval must be >= 0, got {self.log_interval}")
+        need(not (self.overwrite and self.resume), "overwrite and resume exclude each other")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        return self
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown and strict:
+            raise ConfigError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
+        """A config from a named recipe (``"quick"`` = the defaults, ``"paper"``) plus overrides."""
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+        return cls.from_dict({**RECIPES[recipe], **overrides})
+
+    @classmethod
+    def for_resume(cls, run_dir: "str | Path", **overrides: Any) -> "TrainConfig":
+        """The saved config of ``run_dir`` with ``overrides`` limited to :data:`RESUME_OVERRIDABLE`."""
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"cannot resume: {path} not found (is {run_dir} a gctnet run folder?)")
+        saved = cls.from_dict(json.loads(path.read_text()), strict=False)
+        bad = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and getattr(saved, k) != v)
+        if bad:
+            raise ConfigError(
+                f"cannot change {', '.join(bad)} when resuming (the run was started with "
+                + ", ".join(f"{k}={getattr(saved, k)!r}" for k in bad)
+                + "); start a new run instead"
+            )
+        return replace(saved, **{**overrides, "resume": str(run_dir), "out": str(run_dir), "overwrite": False})
+
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # a few minutes on a laptop CPU: 2 epochs of cosine decay after a short linear warm-up
+    "quick": {},
+    # the paper's ImageNet recipe (Yang et al., 2020, section 4): 100 epochs, batch 256, SGD Nesterov
+    # 0.9, lr 0.1 with x0.1 at epochs 30/60/90 and the first epoch at 0.1x, weight decay 1e-4 not on beta
+    "paper": dict(
+        epochs=100, batch_size=256, opt="sgd", lr=None, lr_base=0.1, lr_base_size=256, momentum=0.9,
+        nesterov=True, weight_decay=1e-4, wd_policy="paper", sched="step", milestones=[30, 60, 90],
+        lr_gamma=0.1, warmup_epochs=1, warmup_mode="constant", warmup_factor=0.1, label_smoothing=0.0,
+    ),
+}
