@@ -188,3 +188,199 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     sep = "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join([head, sep, *body])
+
+
+# --------------------------------------------------------------------------------------------------
+# the standard benchmark suite -> BENCHMARKS.md
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    """One performance target of issue 7 and what was measured."""
+
+    what: str
+    limit: str
+    measured: Optional[str]
+    met: Optional[bool]  # None: not measured in this run
+
+
+@dataclass
+class SuiteResult:
+    """Everything :func:`bench_all` measured, and its markdown report."""
+
+    machine: Dict[str, Any]
+    layers: List[Any]  # LayerBenchmark
+    models: List[Any]  # ModelBenchmark
+    memory: List[Any]  # accounting.ModelInfo
+    targets: List[Target]
+    markdown: str
+    seconds: float
+
+
+def _target(what: str, limit: float, value: Optional[float], suffix: str = "x") -> Target:
+    if value is None:
+        return Target(what, f"<= {limit:g}{suffix}", None, None)
+    return Target(what, f"<= {limit:g}{suffix}", f"{value:.3f}{suffix}", value <= limit)
+
+
+def _find(rows: Sequence[Any], key: str, value: str) -> Optional[Any]:
+    return next((r for r in rows if getattr(r, key) == value), None)
+
+
+def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]) -> List[Target]:
+    out: List[Target] = []
+    for lb in layers:
+        c = lb.config
+        if c.device != "cpu" or c.dtype != "float32" or c.channels_last:
+            continue
+        shape = "x".join(map(str, c.shape))
+        for name in ("gctnet", "compiled"):
+            row = _find(lb.rows, "name", name)
+            if row is None:
+                continue
+            out.append(_target(f"CPU layer {shape} fp32, {row.label}: forward / x*w", 1.5, row.fwd_ratio))
+            out.append(_target(f"CPU layer {shape} fp32, {row.label}: fwd+bwd / x*w", 4.0, row.fwdbwd_ratio))
+        row = _find(lb.rows, "name", "gctnet")
+        if row is not None and row.saved is not None:
+            out.append(_target(f"layer {shape}: saved-for-backward / input", 1.0, row.saved_ratio))
+    for mb in models:
+        c = mb.config
+        if c.device != "cpu" or c.amp or c.channels_last:
+            continue
+        gct, plain = _find(mb.rows, "label", "gct_resnet20"), _find(mb.rows, "label", "resnet20")
+        if gct is None or plain is None or mb.rows[0] is not plain:
+            continue
+        mode = "compiled" if c.compile else "eager"
+        limit = 1.10 if c.compile else 1.20
+        out.append(_target(f"CPU gct_resnet20 / resnet20 train step ({mode})", limit, gct.train_ratio))
+    base = _find(memory, "name", "resnet50")
+    if base is not None and base.saved_bytes_per_image:
+        for name, limit in (("gct_resnet50", 1.3), ("gct_resnet50:checkpoint", 1.05)):
+            info = _find(memory, "name", name)
+            if info is not None:
+                ratio = info.saved_bytes_per_image / base.saved_bytes_per_image
+                out.append(_target(f"saved activations {name} / resnet50", limit, ratio))
+    for lb in layers:
+        if lb.config.device.startswith("cuda"):
+            copy, tri = _find(lb.rows, "name", "copy"), _find(lb.rows, "name", "triton")
+            if copy is not None and tri is not None and copy.fwd_gbps:
+                what = f"GPU Triton forward bandwidth / copy ({lb.config.dtype})"
+                out.append(Target(what, ">= 0.80", f"{tri.fwd_gbps / copy.fwd_gbps:.2f}", tri.fwd_gbps >= 0.8 * copy.fwd_gbps))
+                what = f"GPU Triton fwd+bwd bandwidth / copy ({lb.config.dtype})"
+                ratio = (tri.fwdbwd_gbps or 0.0) / copy.fwd_gbps
+                out.append(Target(what, ">= 0.80", f"{ratio:.2f}", ratio >= 0.8))
+    for mb in models:
+        c = mb.config
+        if c.device.startswith("cuda") and c.amp and c.channels_last:
+            gct, plain = _find(mb.rows, "label", "gct_resnet50"), _find(mb.rows, "label", "resnet50")
+            if gct is not None and plain is not None and mb.rows[0] is plain:
+                mode = "compiled" if c.compile else "eager"
+                out.append(_target(f"GPU gct_resnet50 / resnet50 train step, AMP + channels_last ({mode})", 1.10, gct.train_ratio))
+    return out
+
+
+def bench_all(
+    *,
+    device: str = "cpu",
+    compile: bool = True,
+    layer_shape: Sequence[int] = (16, 256, 56, 56),
+    layer_repeats: int = 20,
+    models: Sequence[str] = ("resnet20", "gct_resnet20", "se_resnet20", "gct_resnet20_block"),
+    model_input_size: Sequence[int] = (1, 28, 28),
+    batch_size: int = 128,
+    model_repeats: int = 10,
+    memory_models: Sequence[str] = ("resnet50", "gct_resnet50", "gct_resnet50:checkpoint"),
+    memory_input_size: Sequence[int] = (3, 224, 224),
+    gpu_models: Sequence[str] = ("resnet50", "gct_resnet50", "se_resnet50"),
+    gpu_input_size: Sequence[int] = (3, 224, 224),
+    gpu_batch_size: int = 64,
+    command: Optional[str] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> SuiteResult:
+    """Run the standard layer, model and memory benchmarks and render them as markdown.
+
+    CPU: the layer at ``layer_shape`` (fp32, contiguous and channels_last), ``models`` at
+    ``model_input_size`` eager and (with ``compile``) under ``torch.compile``, and the saved-activation
+    bytes of ``memory_models``.  With ``device="cuda"`` additionally: the layer in fp16 channels_last
+    (Triton kernels, GB/s vs a copy) and ``gpu_models`` with AMP + channels_last.
+    """
+    from . import accounting
+    from .layer import bench_layer
+    from .model import bench_model, parse_model_specs
+
+    say = progress or (lambda _msg: None)
+    t_start = time.perf_counter()
+    info = machine_info()
+    layers, model_runs = [], []
+    cuda = torch.device(device).type == "cuda"
+    layer_cfgs = [dict(dtype="float32", channels_last=False), dict(dtype="float32", channels_last=True)]
+    if cuda:
+        layer_cfgs.append(dict(dtype="float16", channels_last=True))
+    for cfg in layer_cfgs:
+        say(f"layer benchmark {cfg} on {device}")
+        layers.append(bench_layer(layer_shape, device=device, compile=compile, repeats=layer_repeats, **cfg))
+    for use_compile in (False, True) if compile else (False,):
+        say(f"model benchmark {'compiled' if use_compile else 'eager'} on {device}")
+        model_runs.append(bench_model(
+            models, model_input_size, batch_size, device=device, compile=use_compile,
+            repeats=model_repeats, progress=say,
+        ))
+    if cuda:
+        for use_compile in (False, True) if compile else (False,):
+            say(f"GPU model benchmark (AMP + channels_last, {'compiled' if use_compile else 'eager'})")
+            model_runs.append(bench_model(
+                gpu_models, gpu_input_size, gpu_batch_size, num_classes=1000, device=device,
+                compile=use_compile, amp=True, channels_last=True, repeats=model_repeats, progress=say,
+            ))
+    memory = []
+    for spec in parse_model_specs(list(memory_models)):
+        say(f"saved activations of {spec.label}")
+        model = spec.build(in_chans=memory_input_size[0])
+        model.gctnet_name = spec.label
+        memory.append(accounting.model_info(model, memory_input_size, batch_size=2))
+    targets = _targets(layers, model_runs, memory)
+    seconds = time.perf_counter() - t_start
+    markdown = _suite_markdown(info, layers, model_runs, memory, targets, command, seconds)
+    return SuiteResult(info, layers, model_runs, memory, targets, markdown, seconds)
+
+
+def _suite_markdown(info, layers, models, memory, targets, command, seconds) -> str:
+    from .accounting import format_table as accounting_table
+
+    parts = [
+        "# gctnet benchmarks",
+        "",
+        f"Generated by `{command or 'gctnet.bench.report.bench_all()'}` in {seconds / 60:.1f} min.",
+        "All figures are medians of interleaved repetitions measured side by side in one process; ratios "
+        "compare candidates within the same run.  Timings on a shared machine are noisy: rerun on a quiet "
+        "one before quoting them.",
+        "",
+        "## Machine",
+        "",
+        machine_markdown(info),
+        "",
+        "## Targets (issue 7)",
+        "",
+        markdown_table(
+            ["target", "limit", "measured", "met"],
+            [[t.what, t.limit, t.measured, {True: "yes", False: "**no**", None: "not measured"}[t.met]] for t in targets],
+        ),
+        "",
+        "## Layer",
+        "",
+    ]
+    for lb in layers:
+        parts += [lb.markdown(), ""]
+    parts += ["## Models", ""]
+    for mb in models:
+        parts += [mb.markdown(), ""]
+    if memory:
+        size = "x".join(map(str, memory[0].input_size))
+        parts += [
+            "## Saved activations",
+            "",
+            f"Per image at {size} (train-mode forward, batch 2; `gctnet info` conventions).",
+            "",
+            accounting_table(memory, markdown=True),
+            "",
+        ]
+    return "\n".join(parts)
