@@ -6,6 +6,8 @@ The public API is re-exported here; heavier parts (models, training, analysis) l
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 from typing import Any
 
 from . import functional
@@ -45,3 +47,18 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def _register_in_timm() -> None:
+    """With timm installed, gctnet's classifiers become timm models on ``import gctnet``.
+
+    Set ``GCTNET_NO_TIMM=1`` to skip it (e.g. to keep ``import gctnet`` light).
+    """
+    if os.environ.get("GCTNET_NO_TIMM") or importlib.util.find_spec("timm") is None:
+        return
+    from .models import timm_bridge
+
+    timm_bridge.register_all()
+
+
+_register_in_timm()
