@@ -1,0 +1,203 @@
+"""Benchmark tools: structure and sanity of results on tiny inputs (no timing thresholds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gctnet import kernels
+from gctnet.bench import layer as L
+from gctnet.bench import model as M
+from gctnet.bench import report as R
+from gctnet.bench.memory import saved_tensor_bytes
+from gctnet.cli import main
+
+
+def _positive(v) -> bool:
+    return v is not None and math.isfinite(v) and v > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# report helpers
+# --------------------------------------------------------------------------------------------------
+def test_interleaved_times_runs_candidates_in_turn():
+    calls = []
+    timings = R.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # warm-up round then three interleaved repetitions
+    assert set(timings) == {"a", "b"}
+    assert all(len(t.samples) == 3 and t.median >= 0 for t in timings.values())
+    with pytest.raises(ValueError, match="repeats"):
+        R.interleaved_times({"a": lambda: None}, repeats=0)
+
+
+def test_timing_median_and_spread():
+    t = R.Timing([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert t.median == 3.0
+    assert t.spread > 0
+    assert R.Timing([2.0]).spread == 0.0
+
+
+def test_machine_info_describes_the_machine():
+    info = R.machine_info()
+    assert info["torch"] == torch.__version__
+    assert info["cores"] >= 1 and info["cpu"]
+    text = R.machine_markdown(info)
+    assert "CPU:" in text and torch.__version__ in text and "GPU:" in text
+
+
+def test_tables_align_and_render_markdown():
+    headers, rows = ["name", "value"], [["a", "1.0"], ["long name", None]]
+    text = R.format_table(headers, rows)
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1  # aligned
+    md = R.markdown_table(headers, rows)
+    assert md.splitlines()[1] == "|---|---:|" and "| long name | - |" in md
+
+
+# --------------------------------------------------------------------------------------------------
+# layer benchmark
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,channels_last,mode", [((2, 8, 6, 6), False, "l2"), ((2, 8, 6, 6), True, "l1"), ((2, 4, 10), False, "l2")])
+def test_bench_layer_structure_and_saved_bytes(shape, channels_last, mode):
+    result = L.bench_layer(shape, repeats=2, warmup=0, compile=False, channels_last=channels_last, mode=mode)
+    names = [r.name for r in result.rows]
+    assert names == ["reference", "gctnet", "multiply", "copy"]
+    x_bytes = math.prod(shape) * 4
+    assert result.input_bytes == x_bytes
+    for r in result.rows:
+        assert _positive(r.fwd_ms) and _positive(r.fwd_ratio) and _positive(r.fwd_gbps)
+        if r.name != "copy":
+            assert _positive(r.fwdbwd_ms) and _positive(r.fwdbwd_ratio)
+    assert result.row("multiply").fwd_ratio == 1.0 and result.row("multiply").fwdbwd_ratio == 1.0
+    n, c = shape[:2]
+    gct, ref = result.row("gctnet").saved, result.row("reference").saved
+    # gctnet keeps x plus a few per-(n, c) statistics, never a second full-size tensor
+    assert gct.full == x_bytes
+    assert 0 < gct.stats <= 8 * n * c * 4
+    assert gct.total == gct.full + gct.stats
+    assert ref.total > gct.total  # the reference keeps more
+    assert result.row("gctnet").saved_ratio == pytest.approx(gct.total / x_bytes)
+    assert result.row("multiply").saved.total == 0  # x * w keeps only w (a parameter): grad_x = dy * w
+    headers, rows = result.table()
+    assert len(rows) == 4 and all(len(row) == len(headers) for row in rows)
+    assert "x * w" in result.format() and result.markdown().count("|") > 20
+
+
+def test_bench_layer_compiled_row():
+    result = L.bench_layer((2, 4, 4, 4), repeats=1, warmup=0, compile=True)
+    row = result.row("compiled")
+    assert _positive(row.fwd_ms) and _positive(row.fwdbwd_ms) and row.compile_s > 0
+    assert row.saved.full == result.input_bytes  # compiled training graph also saves only x full-size
+    assert kernels._backend is None  # the benchmark restored the (unset) backend choice
+
+
+def test_saved_split_matches_saved_tensor_bytes_total():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(1, 3, 1, 1, requires_grad=True)
+
+    def fn():
+        return (x.pow(2) * w).sum(dim=(2, 3), keepdim=True) * x
+
+    _, split = L.saved_split(fn, stats_max_bytes=2 * 3 * 8)
+    _, saved = saved_tensor_bytes(fn)
+    assert split.total == saved.total and split.count == saved.count
+    assert split.full == split.total - split.stats
+    # x (768 B) and x**2 (768 B) full-size; w (12 B) and the (2,3,1,1) sum (24 B) are statistics
+    assert split.full == 2 * 2 * 3 * 64 * 4 and split.stats == 12 + 24
+
+
+def test_parse_shape_and_dtype_errors():
+    assert L.parse_shape("16,256,56,56") == (16, 256, 56, 56)
+    assert L.parse_dtype("bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="N,C followed by 1-3"):
+        L.parse_shape("2,3")
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        L.parse_shape("2,a,3")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        L.parse_dtype("int8")
+
+
+# --------------------------------------------------------------------------------------------------
+# model benchmark
+# --------------------------------------------------------------------------------------------------
+def test_parse_model_specs():
+    specs = M.parse_model_specs("resnet20, gct_resnet20:checkpoint+mode=l1")
+    assert [s.label for s in specs] == ["resnet20", "gct_resnet20:checkpoint+mode=l1"]
+    assert dict(specs[1].gct_kwargs) == {"checkpoint": True, "mode": "l1"}
+    with pytest.raises(ValueError, match="unknown model 'resnet2'.*did you mean"):
+        M.parse_model_specs("resnet2")
+    with pytest.raises(ValueError, match="only apply to gct_ models"):
+        M.parse_model_specs("resnet20:checkpoint")
+    with pytest.raises(ValueError, match="no models"):
+        M.parse_model_specs(" , ")
+
+
+def test_bench_model_structure_and_ratios():
+    result = M.bench_model(
+        ["resnet20", "gct_resnet20", "gct_resnet20:checkpoint"], (1, 8, 8), batch_size=4, repeats=2, warmup=0
+    )
+    assert [r.label for r in result.rows] == ["resnet20", "gct_resnet20", "gct_resnet20:checkpoint"]
+    first, gct, ckpt = result.rows
+    assert first.train_ratio == 1.0 and first.infer_ratio == 1.0 and first.saved_ratio == 1.0
+    for r in result.rows:
+        assert _positive(r.train_ms) and _positive(r.infer_ms) and _positive(r.train_ratio)
+        assert _positive(r.train_images_per_s) and _positive(r.saved_bytes_per_image)
+    assert gct.params > first.params
+    assert gct.saved_bytes_per_image > first.saved_bytes_per_image  # GCT outputs kept for the convs
+    assert ckpt.saved_bytes_per_image < gct.saved_bytes_per_image  # the lean-memory option recomputes them
+    assert "resnet20" in result.format() and result.markdown().startswith("**models at 1x8x8")
+
+
+def test_bench_model_validates_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        M.bench_model(["resnet20"], (1, 8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="channels_last needs a 2-D"):
+        M.bench_model(["resnet20"], (1, 8), batch_size=2, channels_last=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# suite, targets and CLI
+# --------------------------------------------------------------------------------------------------
+def test_bench_all_writes_a_report_with_targets():
+    result = R.bench_all(
+        compile=False, layer_shape=(2, 4, 6, 6), layer_repeats=1,
+        models=("resnet20", "gct_resnet20"), model_input_size=(1, 8, 8), batch_size=4, model_repeats=1,
+        memory_models=("resnet20", "gct_resnet20"), memory_input_size=(1, 8, 8), command="gctnet bench all --test",
+    )
+    md = result.markdown
+    for heading in ("# gctnet benchmarks", "## Machine", "## Targets", "## Layer", "## Models", "## Saved activations"):
+        assert heading in md
+    assert "`gctnet bench all --test`" in md and torch.__version__ in md
+    assert len(result.layers) == 2 and len(result.models) == 1 and len(result.memory) == 2
+    whats = [t.what for t in result.targets]
+    assert any("forward / x*w" in w for w in whats) and any("train step (eager)" in w for w in whats)
+    for t in result.targets:
+        assert t.met in (True, False) and t.measured is not None
+
+
+def test_cli_bench_layer_and_usage_errors(capsys):
+    assert main(["bench", "layer", "--shape", "2,4,5,5", "--repeats", "1", "--warmup", "0", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "reference formula" in out and "x * w (floor unit)" in out
+    for argv, msg in (
+        (["bench", "layer", "--shape", "2,4"], "N,C followed by"),
+        (["bench", "layer", "--repeats", "0"], "--repeats must be >= 1"),
+        (["bench", "model", "--models", "nope"], "unknown model"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_cli_bench_model_json(capsys):
+    import json
+
+    argv = ["bench", "model", "--models", "resnet20,se_resnet20", "--input-size", "1,8,8", "--batch-size", "2",
+            "--repeats", "1", "--warmup", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in data["rows"]] == ["resnet20", "se_resnet20"]
+    assert data["rows"][0]["train_ratio"] == 1.0
