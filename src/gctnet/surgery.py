@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 from torch import Tensor, nn
 
-from .functional import _GCTFunction, _is_compiling, _is_tracing, _scale, _stats, validate_gct_args
+from .functional import _GCTFunction, _is_compiling, _is_tracing, _no_autocast, validate_gct_args
 from .layers import GCT
 
 __all__ = [
@@ -58,13 +58,11 @@ SkipSpec = Union[None, str, Sequence[str], Callable[[str, nn.Module], bool]]
 
 _PLAIN_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-# Class names of channel-attention modules whose 1x1 convs act on pooled (1x1 spatial) inputs: SE and
-# friends in torchvision (SqueezeExcitation) and timm (SEModule, SqueezeExcite, EffectiveSEModule,
-# EcaModule, CecaModule, GatherExcite, CbamModule's ChannelAttn, ...).  Only kernel-1 convs inside them
-# are skipped by default.
-_ATTENTION_CLASS_RE = re.compile(
-    r"SqueezeExcit|Excite|^(Effective|Bottleneck)?SE(Module|Layer|Block)?$|^[CE]caModule$|ChannelAttn"
-)
+# Class names of channel-attention modules whose convs act on pooled inputs (1x1 spatial, or the channel
+# axis for ECA): SE and friends in torchvision (SqueezeExcitation) and timm (SEModule, SqueezeExcite,
+# EffectiveSEModule, EcaModule, CecaModule, CBAM's ChannelAttn/LightChannelAttn).  Only the *direct*
+# conv children of such modules are skipped (GatherExcite's spatial gather convs sit in sub-modules).
+_ATTENTION_CLASS_RE = re.compile(r"SqueezeExcit|Excite$|^(Effective)?SE(Module|Layer)?$|^[CE]caModule$|ChannelAttn")
 _BLOCK_CLASS_RE = re.compile(r"Block|Bottleneck")
 
 
@@ -72,7 +70,8 @@ _BLOCK_CLASS_RE = re.compile(r"Block|Bottleneck")
 # the GCT-gated convolutions
 # --------------------------------------------------------------------------------------------------
 def _is_fx_tracing() -> bool:
-    check = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
+    fx_trace = torch.fx._symbolic_trace
+    check = getattr(fx_trace, "is_fx_symbolic_tracing", None) or getattr(fx_trace, "is_fx_tracing", None)
     return bool(check is not None and check())
 
 
@@ -139,23 +138,31 @@ def _lean_applicable(conv: nn.Module, x: Tensor) -> bool:
     return isinstance(x, Tensor) and x.dim() == conv.weight.dim()  # batched input only
 
 
-class _BackwardCtx:
-    """The attributes ``_GCTFunction.backward`` reads from its ctx, so the GCT backward math is reused."""
+class _InnerCtx:
+    """A stand-in ctx for :class:`gctnet.functional._GCTFunction`: running its ``forward``/``backward``
+    through this object reuses the GCT math (and its saved-tensor layout) without depending on it."""
 
-    def __init__(self, saved: tuple[Tensor, ...], mode: str, after_relu: bool, param_dtypes, needs) -> None:
-        self.saved_tensors = saved
-        self.mode = mode
-        self.after_relu = after_relu
-        self.param_dtypes = param_dtypes
-        self.needs_input_grad = needs
+    def __init__(self, needs_input_grad: tuple[bool, ...] = (False,) * 7) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.saved_tensors: tuple[Tensor, ...] = ()
+
+    def save_for_backward(self, *tensors: Tensor) -> None:
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *args: Any) -> None:  # pragma: no cover - protocol completeness
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:  # pragma: no cover - protocol completeness
+        pass
 
 
 class _GCTConvFunction(torch.autograd.Function):
-    """``conv(gct(x))`` saving x, the per-(n, c) GCT statistics and the conv weight only.
+    """``conv(gct(x))`` saving only what the GCT saves (x and per-(n, c) statistics) and the conv weight.
 
-    The backward recomputes ``y = gct(x)`` (one pointwise pass), runs ``aten.convolution_backward``
-    on it and then the GCT backward of :class:`gctnet.functional._GCTFunction`.  Under autocast the
-    conv runs in the autocast dtype as ``F.conv*d`` would.
+    The backward recomputes ``y = gct(x)`` (one reduction read of x and one pointwise pass), runs
+    ``aten.convolution_backward`` on it, then the GCT backward of
+    :class:`gctnet.functional._GCTFunction`.  Under autocast the conv runs in the autocast dtype, as
+    ``F.conv*d`` would.  Double backward is not supported (``once_differentiable``).
     """
 
     @staticmethod
@@ -165,28 +172,31 @@ class _GCTConvFunction(torch.autograd.Function):
         validate_gct_args(x, alpha, gamma, beta, eps, mode)
         device_type = x.device.type
         cdt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        with torch.autocast(device_type=device_type, enabled=False):
-            t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
-            y = _scale(x, 1.0 + t)
+        inner = _InnerCtx()
+        with _no_autocast(device_type):
+            y = _GCTFunction.forward(inner, x, alpha, gamma, beta, eps, mode, after_relu)
             y, w, b = _conv_operands(y, weight, bias, cdt)
             out = torch.convolution(y, w, b, stride, padding, dilation, False, [0] * len(stride), groups)
+        del y
+        ctx.inner_attrs = {k: v for k, v in vars(inner).items() if k not in ("saved_tensors", "needs_input_grad")}
+        ctx.num_inner = len(inner.saved_tensors)
+        ctx.gct_args = (eps, mode, after_relu)
         ctx.conv_args = (stride, padding, dilation, groups)
-        ctx.gct_args = (mode, after_relu, (alpha.dtype, gamma.dtype, beta.dtype))
         ctx.cdt = cdt
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, alpha, gamma, t, s, e, norm_inv, weight, bias)
+        ctx.save_for_backward(*inner.saved_tensors, x, alpha, gamma, beta, weight, bias)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, alpha, gamma, t, s, e, norm_inv, weight, bias = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        inner_saved, (x, alpha, gamma, beta, weight, bias) = saved[: ctx.num_inner], saved[ctx.num_inner :]
         stride, padding, dilation, groups = ctx.conv_args
-        mode, after_relu, param_dtypes = ctx.gct_args
         need_x, need_a, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:6]
         need_gct = need_x or need_a or need_g or need_b
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            y = _scale(x, 1.0 + t)  # recomputed instead of saved
+        with _no_autocast(x.device.type):
+            y = _GCTFunction.forward(_InnerCtx(), x, alpha, gamma, beta, *ctx.gct_args)  # recomputed, not saved
             yc, w, _ = _conv_operands(y, weight, None, ctx.cdt)
             grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
                 grad_out.to(yc.dtype),
@@ -204,14 +214,10 @@ class _GCTConvFunction(torch.autograd.Function):
             del y, yc
             grads_gct: tuple[Optional[Tensor], ...] = (None, None, None, None)
             if need_gct:
-                gctx = _BackwardCtx(
-                    (x, alpha, gamma, t, s, e, norm_inv),
-                    mode,
-                    after_relu,
-                    param_dtypes,
-                    (need_x, need_a, need_g, need_b, False, False, False),
-                )
-                grads_gct = _GCTFunction.backward(gctx, grad_y.to(x.dtype))[:4]
+                inner = _InnerCtx((need_x, need_a, need_g, need_b, False, False, False))
+                vars(inner).update(ctx.inner_attrs)
+                inner.saved_tensors = inner_saved
+                grads_gct = tuple(_GCTFunction.backward(inner, grad_y.to(x.dtype))[:4])
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         if grad_bias is not None:
@@ -291,15 +297,14 @@ class GCTReport:
 # selection helpers
 # --------------------------------------------------------------------------------------------------
 def is_attention_conv(conv: nn.Module, parent: Optional[nn.Module]) -> bool:
-    """True for a kernel-1 conv inside a channel-attention module (SE's FC convs and the like).
+    """True for a conv that is a direct child of a channel-attention module (SE's FC convs and the like).
 
-    Such convs see pooled 1x1 inputs, where a GCT adds nothing.  Detected by the parent's class name
-    (``SqueezeExcitation``, ``SEModule``, ``SqueezeExcite``, ``EffectiveSEModule``, ``EcaModule``...).
+    Such convs see pooled 1x1 inputs, where a GCT adds nothing.  Detected by the parent's class name:
+    ``SqueezeExcitation`` (torchvision), ``SEModule``, ``SqueezeExcite``, ``EffectiveSEModule``,
+    ``EcaModule``, ``CecaModule``, ``ChannelAttn``/``LightChannelAttn`` (timm), ``SELayer``, ``SE``.
+    Residual blocks with SE (``SEBottleneck``, ``SEBasicBlock``) do not match.
     """
-    if parent is None or not _ATTENTION_CLASS_RE.search(type(parent).__name__):
-        return False
-    kernel = getattr(conv, "kernel_size", ())
-    return all(k == 1 for k in kernel)
+    return parent is not None and bool(_ATTENTION_CLASS_RE.search(type(parent).__name__))
 
 
 def _skip_reason(skip: SkipSpec, name: str, module: nn.Module) -> Optional[str]:
