@@ -36,7 +36,7 @@ from .. import functional as F
 from .. import kernels
 from ..layers import GCT
 from .memory import _storage_key, saved_tensor_bytes
-from .report import Timing, format_table, interleaved_times, markdown_table
+from .report import Timing, format_table, interleaved_times, markdown_table, noise_note
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -377,6 +377,7 @@ def bench_layer(
         if name == "compiled" and compile_s:
             row.compile_s = compile_s["fwd"] + compile_s["bwd"]
         result.rows.append(row)
+    result.notes.append(noise_note(t_fwd, t_bwd))
     if compile_s:
         result.notes.append(f"torch.compile took {sum(compile_s.values()):.1f} s (forward and training graphs)")
     result.notes.append(

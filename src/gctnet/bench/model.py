@@ -29,7 +29,7 @@ from torch import nn
 
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
-from .report import Timing, format_table, interleaved_times, markdown_table, synchronize
+from .report import Timing, format_table, interleaved_times, markdown_table, noise_note, synchronize
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -297,6 +297,7 @@ def bench_model(
     first = specs[0].label
     for label, r in runners.items():
         result.rows.append(_row(label, r.eager, t_train, t_infer, saved, first, batch_size, compile_s.get(label)))
+    result.notes.append(noise_note(t_train, t_infer, names=("train", "inference")))
     result.notes.append(
         f"ratios are to {first}; train = forward + loss + backward + SGD step; saved = autograd's saved "
         "tensors per image in an eager train-mode forward (parameters excluded)"

@@ -26,8 +26,12 @@ __all__ = [
     "synchronize",
     "Timing",
     "interleaved_times",
+    "noise_note",
     "format_table",
     "markdown_table",
+    "Target",
+    "SuiteResult",
+    "bench_all",
 ]
 
 
@@ -162,6 +166,15 @@ def interleaved_times(
     return {name: Timing(s) for name, s in samples.items()}
 
 
+def noise_note(*groups: Mapping[str, Timing], names: Sequence[str] = ("forward", "forward+backward")) -> str:
+    """One line: the largest interquartile range / median per group of timings (a noise indicator)."""
+    parts = []
+    for name, group in zip(names, groups):
+        worst = max((t.spread for t in group.values()), default=0.0)
+        parts.append(f"{name} {100 * worst:.0f}%")
+    return "timing noise (largest IQR / median): " + ", ".join(parts) + "; above ~10% rerun on a quieter machine"
+
+
 # --------------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +297,7 @@ def bench_all(
     compile: bool = True,
     layer_shape: Sequence[int] = (16, 256, 56, 56),
     layer_repeats: int = 20,
-    models: Sequence[str] = ("resnet20", "gct_resnet20", "se_resnet20", "gct_resnet20_block"),
+    models: Sequence[str] = ("resnet20", "gct_resnet20", "se_resnet20"),
     model_input_size: Sequence[int] = (1, 28, 28),
     batch_size: int = 128,
     model_repeats: int = 10,
