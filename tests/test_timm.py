@@ -129,3 +129,18 @@ def test_official_checkpoint_through_timm_pretrained_file(tmp_path):
                                pretrained_cfg_overlay=dict(file=str(path)))
     assert head10.fc.out_features == 10
     assert torch.equal(head10.layer4[2].conv3.weight, src.layer4[2].conv3.weight)
+
+
+def test_create_model_as_timm_train_py_calls_it(tmp_path):
+    """The keyword set of timm's train.py (``--pretrained-path`` forces head adaptation)."""
+    src = gctnet.create_model("gct_resnet18")
+    path = tmp_path / "gct_resnet18.pth"
+    torch.save({"model": src.state_dict(), "epoch": 1}, path)  # a gctnet training checkpoint layout
+    model = timm.create_model(
+        "gct_resnet18", pretrained=True, in_chans=3, num_classes=None, drop_rate=0.0, drop_path_rate=None,
+        drop_block_rate=None, global_pool=None, bn_momentum=None, bn_eps=None, scriptable=False,
+        checkpoint_path="", pretrained_cfg_overlay=dict(file=str(path), num_classes=-1),
+    )
+    assert model.num_classes == 1000 and model.get_classifier() is model.fc
+    assert torch.equal(model.layer3[0].conv1.gct.alpha, src.layer3[0].conv1.gct.alpha)
+    assert torch.equal(model.layer4[1].conv2.weight, src.layer4[1].conv2.weight)

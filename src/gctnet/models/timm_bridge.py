@@ -26,6 +26,8 @@ What the bridge provides:
 * **weight decay:** every model gets ``no_weight_decay()`` (the names from
   :func:`gctnet.optim.no_weight_decay`, GCT ``beta`` under the paper's policy), which
   ``timm.optim.create_optimizer_v2`` honours; ``gct_wd_policy="none"|"all"`` at creation changes it.
+* ``num_classes`` and ``get_classifier()`` are added where the model lacks them (timm's ``train.py``
+  uses both).
 * timm's generic options: ``bn_momentum``/``bn_eps`` are applied to every BatchNorm; ``drop_rate``,
   ``drop_path_rate``, ``drop_block_rate`` must be 0/None and ``global_pool`` None/"avg" (gctnet models
   have no such options: a clear error instead of a silently ignored setting).
@@ -82,6 +84,26 @@ def attach_no_weight_decay(model: nn.Module, policy: str = "paper") -> nn.Module
     if not callable(getattr(type(model), "no_weight_decay", None)):
         model.no_weight_decay = types.MethodType(_no_weight_decay, model)  # type: ignore[assignment]
     return model
+
+
+def _get_classifier(self: nn.Module) -> nn.Module:
+    """timm API: the classifier module (named by the model's pretrained_cfg)."""
+    return self.get_submodule(self.gctnet_classifier)
+
+
+def _add_classifier_api(model: nn.Module, classifier: Optional[str]) -> None:
+    """``num_classes`` and ``get_classifier()`` as timm's train.py expects them (when missing)."""
+    if not classifier:
+        return
+    try:
+        head = model.get_submodule(classifier)
+    except AttributeError:
+        return
+    model.gctnet_classifier = classifier  # type: ignore[assignment]
+    if not hasattr(model, "num_classes") and isinstance(head, nn.Linear):
+        model.num_classes = head.out_features  # type: ignore[assignment]
+    if not callable(getattr(type(model), "get_classifier", None)):
+        model.get_classifier = types.MethodType(_get_classifier, model)  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,6 +235,7 @@ def _build(name: str, probe: bool, wd_policy: str, bn: Mapping[str, Any], **kwar
                 m.momentum = bn["bn_momentum"]
             if "bn_eps" in bn:
                 m.eps = bn["bn_eps"]
+    _add_classifier_api(model, entry.cfg.get("classifier"))
     if probe:
         c, h, w = entry.cfg.get("input_size", (3, 224, 224))
         c = kwargs.get("in_chans", c)
