@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="include torch.compile runs (default on; compiling costs ~1 min per small model on CPU)")
     all_.add_argument("--layer-repeats", type=int, default=20, help="default 20")
     all_.add_argument("--model-repeats", type=int, default=10, help="default 10")
+    _threads(all_)
 
 
 def _common(p: argparse.ArgumentParser, *, repeats: int, compile_default: bool = True) -> None:
@@ -60,6 +61,12 @@ def _common(p: argparse.ArgumentParser, *, repeats: int, compile_default: bool =
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile_default,
                    help=f"include torch.compile (default {'on' if compile_default else 'off'})")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    _threads(p)
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's choice; 1 gives steadier figures on a busy machine)")
 
 
 def _check_device(device: str) -> None:
@@ -84,6 +91,11 @@ def _command_line() -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    if args.threads is not None:
+        import torch
+
+        _positive("--threads", args.threads)
+        torch.set_num_threads(args.threads)
     if args.bench == "all":
         return _run_all(args)
     _positive("--repeats", args.repeats)
