@@ -38,6 +38,7 @@ from typing import Any, Optional, Union
 import torch
 
 __all__ = [
+    "CompareError",
     "Preset",
     "PRESETS",
     "DEFAULT_MODELS",
@@ -47,11 +48,16 @@ __all__ = [
     "baseline_model",
     "run",
     "summarize",
+    "finished_runs",
     "run_dir",
     "write_outputs",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+class CompareError(ValueError):
+    """Invalid comparison settings, or an output folder holding runs made with other settings."""
+
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20_block")
 _VARIANT_PREFIXES = ("se_", "gct_")
@@ -70,19 +76,30 @@ class Preset:
     description: str
 
 
+def _paper_recipe(epochs: int) -> dict[str, Any]:
+    """The paper's SGD recipe (gctnet.train.RECIPES["paper"]) scaled to ``epochs``: batch 256, lr 0.1,
+    Nesterov 0.9, weight decay 1e-4 except GCT beta, first epoch at 0.1x lr, x0.1 at 30/60/90 %."""
+    from .train import RECIPES
+
+    recipe = {k: v for k, v in RECIPES["paper"].items() if k != "milestones"}  # default: 30/60/90 % of epochs
+    recipe["epochs"] = epochs
+    return recipe
+
+
 PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
         seeds=(0, 1),
         train={"epochs": 3, "subset": 8192},
-        description="quick look, about 10 minutes on 2 CPU cores for the 4 default models: "
-        "3 epochs on 8,192 training images, 2 seeds, validation on the full test set",
+        description="a quick look, about 10 minutes on 2 CPU cores for the 4 default models: "
+        "3 epochs on 8,192 training images (engine's default cosine recipe), full validation set, 2 seeds",
     ),
     "full": Preset(
         name="full",
         seeds=(0, 1, 2, 3, 4),
-        train={"epochs": 30, "subset": None},
-        description="the study setting: the full training set, 30 epochs, 5 seeds",
+        train={**_paper_recipe(10), "subset": None},
+        description="the study setting: the full training set, the paper's SGD recipe scaled to 10 epochs "
+        "(batch 256, lr 0.1, x0.1 at epochs 3/6/9, first epoch at 0.1x lr, no weight decay on GCT beta), 5 seeds",
     ),
 }
 
@@ -96,46 +113,45 @@ def parse_seeds(value: Union[str, int, Sequence[int]]) -> list[int]:
         raise TypeError(f"seeds must be an int, a comma list or a sequence of ints, got {value!r}")
     if isinstance(value, int):
         if value < 1:
-            raise ValueError(f"a number of seeds must be >= 1, got {value}")
+            raise CompareError(f"a number of seeds must be >= 1, got {value}")
         return list(range(value))
     if isinstance(value, str):
         text = value.strip()
         if "," not in text:
             try:
-                return parse_seeds(int(text))
+                count = int(text)
             except ValueError as exc:
-                raise ValueError(f"seeds must be a comma list such as 0,1,2 or a count such as 3, got {value!r}") from exc
+                raise CompareError(f"seeds must be a comma list such as 0,1,2 or a count such as 3, got {value!r}") from exc
+            return parse_seeds(count)
         try:
             seeds = [int(s) for s in text.split(",") if s.strip()]
         except ValueError as exc:
-            raise ValueError(f"seeds must be a comma list of integers such as 0,1,2, got {value!r}") from exc
+            raise CompareError(f"seeds must be a comma list of integers such as 0,1,2, got {value!r}") from exc
     else:
         seeds = [int(s) for s in value]
     if not seeds:
-        raise ValueError("at least one seed is needed")
+        raise CompareError("at least one seed is needed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+        raise CompareError(f"seeds must be distinct, got {seeds}")
     if any(s < 0 for s in seeds):
-        raise ValueError(f"seeds must be >= 0, got {seeds}")
+        raise CompareError(f"seeds must be >= 0, got {seeds}")
     return seeds
 
 
 def parse_models(value: Union[str, Sequence[str]]) -> list[str]:
     """``"a,b,c"`` or a sequence -> a list of registered model names (clear error for unknown ones)."""
-    from .models import list_models
+    from .models.registry import get_model_entry
 
     names = [m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m and m.strip()]
     if not names:
-        raise ValueError("at least one model is needed")
+        raise CompareError("at least one model is needed")
     if len(set(names)) != len(names):
-        raise ValueError(f"models must be distinct, got {names}")
-    known = set(list_models())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        import difflib
-
-        hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, known, 3)) or '?'})" for n in unknown]
-        raise ValueError(f"unknown model(s): {'; '.join(hints)}; see `gctnet info --list` or gctnet.list_models()")
+        raise CompareError(f"models must be distinct, got {names}")
+    for name in names:
+        try:
+            get_model_entry(name)
+        except ValueError as exc:  # the registry's message names close matches
+            raise CompareError(str(exc)) from None
     return names
 
 
@@ -163,14 +179,22 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def _status(path: Path) -> str:
-    """``done``, ``resume`` (a last.pt to continue from) or ``new``."""
+def _status(path: Path, epochs: int) -> str:
+    """``done`` (finished), ``resume`` (an interrupted run: continue from last.pt), ``restart`` (a run that
+    died before its first checkpoint, or after its last epoch but before its summary) or ``new``."""
     summary = _read_json(path / "summary.json")
     if summary and summary.get("finished"):
         return "done"
     if (path / "last.pt").is_file():
-        return "resume"
-    return "new"
+        from .train import load_checkpoint
+
+        try:
+            ckpt = load_checkpoint(path, which="last")
+        except ValueError:
+            return "restart"  # unreadable (never written completely): train again
+        complete = int(ckpt.get("epoch", 0)) >= epochs and not int(ckpt.get("batch_in_epoch", 0))
+        return "restart" if complete else "resume"
+    return "restart" if path.exists() and any(path.iterdir()) else "new"
 
 
 def _train_api() -> Any:
@@ -198,8 +222,7 @@ def _make_config(model: str, seed: int, path: Path, options: Mapping[str, Any], 
 
         keep = RESUME_OVERRIDABLE - {"out", "resume", "overwrite"}
         return TrainConfig.for_resume(path, **{k: v for k, v in options.items() if k in keep})
-    # a folder without last.pt is a run that died before its first checkpoint: start it again
-    return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path), "overwrite": path.exists()})
+    return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path), "overwrite": status == "restart"})
 
 
 def _check_recipe(path: Path, intended: Mapping[str, Any]) -> None:
@@ -214,7 +237,7 @@ def _check_recipe(path: Path, intended: Mapping[str, Any]) -> None:
         if k not in skip and k in saved and _normal(saved[k]) != _normal(v)
     ]
     if diffs:
-        raise ValueError(
+        raise CompareError(
             f"{path} was trained with other settings: {', '.join(diffs)}. Use another output folder, or "
             "delete that run to train it again with the new settings"
         )
@@ -319,30 +342,52 @@ class CompareResult:
 
 
 def _model_costs(path: Path) -> dict[str, Any]:
-    """params, GCT params and MACs of a finished run's model at its dataset's input size."""
+    """params, GCT params/modules and MACs of a finished run's model at its dataset's input size.
+
+    Cached in ``<model folder>/model_info.json`` (keyed by the builder arguments and input size), so
+    summarising a folder again does not rebuild and trace the model.
+    """
     from .bench.accounting import model_info
     from .data import dataset_info
     from .train import load_checkpoint_model
 
-    model, ckpt = load_checkpoint_model(path)
-    config = dict(ckpt.get("config") or {})
-    info = dataset_info(config.get("data") or "fashion_mnist", config.get("data_dir"))
-    size = (info.in_chans, info.image_size, info.image_size)
-    mi = model_info(model, size, batch_size=2)
-    return {"params": mi.params, "gct_params": mi.gct_params, "gct_modules": mi.gct_modules, "macs": mi.macs}
+    summary = _read_json(path / "summary.json") or {}
+    config = _read_json(path / "config.json") or {}
+    info = dataset_info(config.get("data") or "fashion_mnist", config.get("data_dir"), image_size=config.get("image_size"))
+    key = {"model_kwargs": summary.get("model_kwargs"), "input_size": [info.in_chans, info.image_size, info.image_size]}
+    cache = path.parent / "model_info.json"
+    cached = _read_json(cache)
+    if cached and cached.get("key") == key and key["model_kwargs"] is not None:
+        return cached["costs"]
+    model, _ = load_checkpoint_model(path)
+    mi = model_info(model, tuple(key["input_size"]), batch_size=2)
+    costs = {"params": mi.params, "gct_params": mi.gct_params, "gct_modules": mi.gct_modules, "macs": mi.macs}
+    cache.write_text(json.dumps({"key": key, "costs": costs}, indent=2) + "\n")
+    return costs
 
 
-def _collect_runs(out: Path, models: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+def finished_runs(out: PathLike) -> dict[str, list[int]]:
+    """Model -> seeds of the finished runs in ``out/runs`` (sorted)."""
+    found: dict[str, list[int]] = {}
+    for summary in sorted(Path(out).glob("runs/*/seed*/summary.json")):
+        seed_dir = summary.parent
+        suffix = seed_dir.name[len("seed"):]
+        data = _read_json(summary)
+        if suffix.isdigit() and data and data.get("finished"):
+            found.setdefault(seed_dir.parent.name, []).append(int(suffix))
+    return {m: sorted(seeds) for m, seeds in found.items()}
+
+
+def _collect_runs(out: Path, plan: Mapping[str, Sequence[int]]) -> list[dict[str, Any]]:
     rows = []
-    costs: dict[str, dict[str, Any]] = {}
-    for model in models:
+    for model, seeds in plan.items():
+        costs: Optional[dict[str, Any]] = None
         for seed in seeds:
             path = run_dir(out, model, seed)
             summary = _read_json(path / "summary.json")
             if not summary or not summary.get("finished"):
                 continue
-            if model not in costs:
-                costs[model] = _model_costs(path)
+            costs = costs or _model_costs(path)
             metrics = _read_metrics(path)
             rows.append(
                 {
@@ -352,21 +397,33 @@ def _collect_runs(out: Path, models: Sequence[str], seeds: Sequence[int]) -> lis
                     "final_top5": summary.get("final_top5"),
                     "best_top1": summary.get("best_top1"),
                     "epochs": summary.get("epochs", len(metrics)),
-                    **costs[model],
+                    **costs,
                     "train_seconds": summary.get("train_seconds"),
                     "images_per_sec": summary.get("images_per_sec"),
-                    "run_dir": str(path.relative_to(out)),
+                    "run_dir": path.relative_to(out).as_posix(),
                     "val_top1_curve": [m.get("val_top1") for m in metrics],
                 }
             )
     return rows
 
 
-def summarize(out: PathLike, models: Sequence[str], seeds: Sequence[int], baseline: Optional[str] = None) -> tuple[list[dict[str, Any]], list[ModelSummary]]:
-    """Per-run rows and per-model summaries of the finished runs in ``out`` (nothing is trained)."""
+def summarize(
+    out: PathLike, models: Optional[Sequence[str]] = None, baseline: Optional[str] = None
+) -> tuple[list[dict[str, Any]], list[ModelSummary]]:
+    """Per-run rows and per-model summaries of **every** finished run in ``out`` (nothing is trained).
+
+    ``models`` only sets the order (listed models first, then the others found, sorted), so a study
+    run in parts (say 3 seeds of every model, then seeds 3-4 of two of them) is summarised as a whole.
+    """
+    found = finished_runs(out)
+    order = [m for m in (models or []) if m in found] + sorted(m for m in found if m not in (models or []))
+    plan = {m: found[m] for m in order}
+    if not plan:
+        return [], []
+    models = order
     out = Path(out)
     baseline = baseline or baseline_model(models)
-    runs = _collect_runs(out, models, seeds)
+    runs = _collect_runs(out, plan)
     by_model: dict[str, list[dict[str, Any]]] = {m: [r for r in runs if r["model"] == m] for m in models}
     base = {r["seed"]: r["final_top1"] for r in by_model.get(baseline, [])}
     summaries = []
@@ -413,7 +470,7 @@ def run(
     train_options: Optional[Mapping[str, Any]] = None,
     baseline: Optional[str] = None,
     analyze: bool = True,
-    analysis_batches: int = 1,
+    analysis_images: int = 256,
     log: Optional[Callable[[str], None]] = print,
 ) -> CompareResult:
     """Train every (model, seed) with the same options, skip finished runs, write tables, plots, report.
@@ -427,38 +484,47 @@ def run(
             preset's.  ``model``, ``seed`` and the output folder are set per run.
         baseline: the plain model for the differences (default: :func:`baseline_model`).
         analyze: run :func:`gctnet.analysis.analyze` on every GCT model (pooled over its seeds).
-        analysis_batches: batches of 256 validation images for the gate statistics.
+        analysis_images: validation images (a seeded random sample) for the gate statistics.
         log: where progress lines go (``None``: silent).
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise CompareError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     p = PRESETS[preset]
     model_list = parse_models(DEFAULT_MODELS if models is None else models)
     seed_list = parse_seeds(p.seeds if seeds is None else seeds)
     base = baseline or baseline_model(model_list)
     if base not in model_list:
-        raise ValueError(f"baseline {base!r} is not among the models {model_list}")
+        raise CompareError(f"baseline {base!r} is not among the models {model_list}")
     fields = _config_fields()
     options: dict[str, Any] = {k: v for k, v in p.train.items() if k in fields}
     user = dict(train_options or {})
     reserved = {"model", "seed", "out", "resume", "overwrite"} & set(user)
     if reserved:
-        raise ValueError(f"train_options may not set {sorted(reserved)}: compare sets them for every run")
+        raise CompareError(f"train_options may not set {sorted(reserved)}: compare sets them for every run")
     unknown = sorted(set(user) - fields)
     if unknown:
-        raise ValueError(f"unknown training option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
+        raise CompareError(f"unknown training option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
     options.update(user)
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     jobs = [(m, s, run_dir(out, m, s)) for m in model_list for s in seed_list]
-    status = {path: _status(path) for _, _, path in jobs}
     TrainConfig = _train_api().TrainConfig
+
+    def intended(model: str, seed: int) -> Any:
+        return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
+
+    status: dict[Path, str] = {}
     for model, seed, path in jobs:
-        intended = TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path)}).validate()
-        if status[path] != "new":
-            _check_recipe(path, intended.to_dict())
+        config = intended(model, seed)
+        status[path] = _status(path, config.epochs)
+        if status[path] == "resume":
+            _check_recipe(path, config.to_dict())
+    # one folder, one recipe: every finished run (also of models not in this call) must match it
+    for model, seeds in finished_runs(out).items():
+        for seed in seeds:
+            _check_recipe(run_dir(out, model, seed), intended(model, seed).to_dict())
     todo = sum(st != "done" for st in status.values())
     say(
         f"compare: {len(model_list)} models x {len(seed_list)} seeds = {len(jobs)} runs "
@@ -475,19 +541,23 @@ def run(
             continue
         remaining = todo - trained
         eta = f"ETA {_fmt_seconds(_mean(durations) * remaining)}" if durations else "ETA after the first run"
-        what = "resuming" if st == "resume" else "training"
+        what = {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(st, "training")
         say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
         t0 = time.perf_counter()
-        train.run(_make_config(model, seed, path, options, st))
+        try:
+            train.run(_make_config(model, seed, path, options, st))
+        except KeyboardInterrupt:
+            say(f"compare: interrupted during {model} seed {seed}; run the same command again to continue")
+            raise
         durations.append(time.perf_counter() - t0)
         trained += 1
-        if _status(path) != "done":
+        if _status(path, 0) != "done":
             raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
 
-    runs, summaries = summarize(out, model_list, seed_list, base)
+    runs, summaries = summarize(out, model_list, base)
     result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
     if analyze:
-        _analyze_models(result, analysis_batches, say)
+        _analyze_models(result, analysis_images, say)
     settings = {
         "preset": preset,
         "preset_description": p.description,
@@ -504,7 +574,7 @@ def _describe(options: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items()) or "engine defaults"
 
 
-def _analyze_models(result: CompareResult, batches: int, say: Callable[[str], None]) -> None:
+def _analyze_models(result: CompareResult, images: int, say: Callable[[str], None]) -> None:
     from .analysis import analyze
 
     for s in result.summaries:
@@ -514,7 +584,7 @@ def _analyze_models(result: CompareResult, batches: int, say: Callable[[str], No
         dirs = [str(result.out / r["run_dir"]) for r in result.runs if r["model"] == s.model]
         target = result.out / "analysis" / s.model
         say(f"analyze: {s.model} ({len(dirs)} seed(s) pooled) -> {target}")
-        a = analyze(dirs, batches=batches, out=target)
+        a = analyze(dirs, batches=1, batch_size=images, out=target)
         s.analysis = str(target.relative_to(result.out) / "analysis.md")
         s.conclusion = a.conclusion
 
@@ -618,8 +688,8 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
         f"- preset: **{settings.get('preset')}** ({settings.get('preset_description')})",
         f"- models: {', '.join(result.models)}; plain model: {result.baseline}",
         f"- seeds: {', '.join(map(str, result.seeds))}",
-        f"- training options: {_describe(opts)} (everything else: gctnet.train defaults; full config in each "
-        "run's config.json)",
+        f"- training options (the preset's, overridden by those given): {_describe(opts)}; everything else is "
+        "the gctnet.train default (each run's config.json has the full configuration)",
         f"- measured {settings.get('date')} with torch {settings.get('torch')}, {settings.get('cpu_threads')} CPU "
         f"threads, {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
         f"{result.skipped} finished one(s), took {_fmt_seconds(float(settings.get('wall_seconds_this_call', 0)))}",

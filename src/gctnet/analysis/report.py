@@ -49,7 +49,7 @@ def conclusion(trend: dict[str, Any]) -> str:
     per_model = trend.get("per_model") or []
     if len(per_model) > 1:
         hits = sum(1 for m in per_model if m["verdict"] == "matches")
-        tail = tail[:-1] + f" ({hits} of {len(per_model)} models match on their own)."
+        tail += f" Taken one by one, {hits} of the {len(per_model)} pooled models match it."
     return head + tail
 
 

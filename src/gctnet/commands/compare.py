@@ -1,10 +1,105 @@
-"""gctnet compare (not yet implemented)."""
+"""The main job: train plain, SE and GCT variants under the same recipe and seeds, then write a
+report (table with mean +- std over seeds, paired differences to the plain model, plots, and what the
+GCT layers learned).
+
+Runs go to OUT/runs/<model>/seed<k>/; finished runs are skipped and interrupted ones resumed, so the
+same command continues an interrupted comparison.  OUT/report.md holds everything on one page.
+Every `gctnet train` option (e.g. --epochs, --subset, --batch-size, --lr, --workers, --quiet) is
+accepted and applied identically to every run; it overrides the preset.
+"""
+
+from __future__ import annotations
+
 import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import UsageError
+
+# train options that compare sets per run; --recipe is replaced by --preset
+_PER_RUN = {"model", "out", "seed", "resume", "overwrite", "recipe", "help"}
+_TRAIN_GROUP = "training options (applied to every run; override the preset)"
+
+
+def _train_actions() -> list[argparse.Action]:
+    from . import train as train_command
+
+    scratch = argparse.ArgumentParser(add_help=False)
+    train_command.add_arguments(scratch)
+    return [a for a in scratch._actions if a.dest not in _PER_RUN and not isinstance(a, argparse._HelpAction)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from ..compare import DEFAULT_MODELS, PRESETS
+
+    presets = "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS),
+        help=f"comma list of registered models (default: {','.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--seeds", default=None,
+        help="comma list of seeds (0,1,2) or a count N meaning seeds 0..N-1 (default: the preset's)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help=f"settings ({presets})")
+    parser.add_argument("--baseline", default=None, help="the plain model for differences (default: first without se_/gct_)")
+    parser.add_argument("--no-analyze", action="store_true", help="skip the GCT analysis of the trained models")
+    parser.add_argument(
+        "--analysis-images", type=int, default=256, metavar="N",
+        help="validation images for the gate statistics of the analysis (default 256)",
+    )
+    group = parser.add_argument_group(_TRAIN_GROUP)
+    for action in _train_actions():
+        action = copy.copy(action)
+        action.default = argparse.SUPPRESS  # only options given on the command line reach the runs
+        action.required = False
+        group._add_action(action)
+
+
+def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options given on the command line, as TrainConfig fields."""
+    options = {a.dest: getattr(args, a.dest) for a in _train_actions() if hasattr(args, a.dest)}
+    if "model_kwargs" in options:  # KEY=VALUE pairs
+        options["model_kwargs"] = dict(options["model_kwargs"])
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("gctnet compare is not implemented yet")
+    from .. import compare
+    from ..train.config import ConfigError
+
+    try:
+        models = compare.parse_models(args.models)
+        seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
+    except compare.CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.analysis_images < 1:
+        raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
+    options = train_options_from_args(args)
+    from ..data import BadImageError, DatasetNotFoundError
+    from ..train import NonFiniteLossError, TrainingInterrupted
+
+    try:
+        result = compare.run(
+            models,
+            seeds,
+            args.out,
+            preset=args.preset,
+            train_options=options,
+            baseline=args.baseline,
+            analyze=not args.no_analyze,
+            analysis_images=args.analysis_images,
+        )
+    except (compare.CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
+        raise UsageError(str(exc)) from exc
+    except TrainingInterrupted as exc:
+        print(f"gctnet compare: {exc}", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
+        print(f"gctnet compare: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {result.report}")
+    return 0

@@ -1,0 +1,247 @@
+"""gctnet compare: a tiny real comparison (2 models x 2 seeds x 1 epoch on 256 images), its files,
+its numbers against the per-run results, skipping/resuming, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+import gctnet
+from gctnet import compare
+from gctnet.data import find_fashion_mnist
+
+try:
+    find_fashion_mnist()
+    HAVE_DATA = True
+except FileNotFoundError:
+    HAVE_DATA = False
+
+pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST is not installed (see README: Data)")
+
+MODELS = ["resnet20", "gct_resnet20"]
+SEEDS = [0, 1]
+# half-width ResNet-20s on 128 images: the machinery is under test, not the accuracy
+OPTIONS = {"epochs": 1, "subset": 128, "val_subset": 128, "batch_size": 64, "model_kwargs": {"width": 0.5},
+           "quiet": True, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    lines: list[str] = []
+    result = compare.run(MODELS, SEEDS, out, preset="demo", train_options=OPTIONS, log=lines.append,
+                         analysis_images=64)
+    return out, result, lines
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------ argument helpers
+def test_parse_seeds():
+    assert compare.parse_seeds("0,1,2") == [0, 1, 2]
+    assert compare.parse_seeds("3") == [0, 1, 2]
+    assert compare.parse_seeds(2) == [0, 1]
+    assert compare.parse_seeds("5,") == [5]
+    for bad, msg in (("0", ">= 1"), ("a,b", "integers"), ("1,1", "distinct"), ("x", "comma list")):
+        with pytest.raises(compare.CompareError, match=msg):
+            compare.parse_seeds(bad)
+
+
+def test_parse_models_and_baseline():
+    assert compare.parse_models("resnet20, gct_resnet20") == ["resnet20", "gct_resnet20"]
+    with pytest.raises(compare.CompareError, match="Did you mean: .*resnet20"):
+        compare.parse_models("resnet2O")
+    assert compare.baseline_model(["gct_resnet20", "se_resnet20", "resnet20"]) == "resnet20"
+    assert compare.baseline_model(["gct_resnet20", "se_resnet20"]) == "gct_resnet20"
+
+
+def test_presets_are_defined_once_and_valid():
+    from gctnet.train import TrainConfig
+
+    assert set(compare.PRESETS) == {"demo", "full"}
+    for p in compare.PRESETS.values():
+        TrainConfig(**p.train).validate()
+    assert len(compare.PRESETS["full"].seeds) == 5 and compare.PRESETS["full"].train["subset"] is None
+
+
+def test_bad_settings_fail_before_training(tmp_path):
+    with pytest.raises(compare.CompareError, match="unknown training option"):
+        compare.run(MODELS, SEEDS, tmp_path, train_options={"epoch": 1}, log=None)
+    with pytest.raises(compare.CompareError, match="compare sets them"):
+        compare.run(MODELS, SEEDS, tmp_path, train_options={"seed": 3}, log=None)
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------------ one real comparison
+def test_files_exist_and_plots_are_pngs(finished):
+    from PIL import Image
+
+    out, result, _ = finished
+    for name in ("report.md", "summary.md", "summary.csv", "runs.csv", "compare.json",
+                 "val_top1_vs_epoch.png", "final_top1_per_seed.png", "analysis/gct_resnet20/analysis.md",
+                 "analysis/gct_resnet20/gamma_per_layer.png"):
+        assert (out / name).stat().st_size > 0, name
+    for m in MODELS:
+        for s in SEEDS:
+            assert json.loads((out / "runs" / m / f"seed{s}" / "summary.json").read_text())["finished"]
+    assert not (out / "analysis" / "resnet20").exists(), "plain models have nothing to analyze"
+    for png in list(out.glob("*.png")) + list((out / "analysis").rglob("*.png")):
+        with Image.open(png) as im:
+            im.verify()
+            assert im.format == "PNG"
+    assert result.report == out / "report.md"
+    report = result.report.read_text()
+    assert "val_top1_vs_epoch.png" in report and "analysis/gct_resnet20/gamma_per_layer.png" in report
+    assert "analysis/gct_resnet20/analysis.md" in (out / "summary.md").read_text()
+
+
+def test_table_numbers_equal_the_per_run_results(finished):
+    out, result, _ = finished
+    per_run = {
+        (m, s): json.loads((out / "runs" / m / f"seed{s}" / "summary.json").read_text()) for m in MODELS for s in SEEDS
+    }
+    rows = {r["model"]: r for r in read_csv(out / "summary.csv")}
+    assert list(rows) == MODELS
+    for m in MODELS:
+        top1 = [per_run[m, s]["final_top1"] for s in SEEDS]
+        top5 = [per_run[m, s]["final_top5"] for s in SEEDS]
+        r = rows[m]
+        assert float(r["top1_mean"]) == pytest.approx(statistics.fmean(top1))
+        assert float(r["top1_std"]) == pytest.approx(statistics.stdev(top1))
+        assert float(r["top5_mean"]) == pytest.approx(statistics.fmean(top5))
+        assert [float(v) for v in r["top1_per_seed"].split()] == pytest.approx(top1)
+        assert float(r["train_seconds"]) == pytest.approx(statistics.fmean(per_run[m, s]["train_seconds"] for s in SEEDS))
+        info = gctnet.model_info(gctnet.create_model(m, num_classes=10, in_chans=1, width=0.5), (1, 28, 28), batch_size=2)
+        assert int(r["params"]) == info.params == per_run[m, 0]["params"]
+        assert int(r["gct_params"]) == info.gct_params and int(r["macs"]) == info.macs
+    deltas = [per_run["gct_resnet20", s]["final_top1"] - per_run["resnet20", s]["final_top1"] for s in SEEDS]
+    assert float(rows["gct_resnet20"]["delta_top1_mean"]) == pytest.approx(statistics.fmean(deltas))
+    assert float(rows["gct_resnet20"]["delta_top1_std"]) == pytest.approx(statistics.stdev(deltas))
+    assert rows["resnet20"]["delta_top1_mean"] == ""
+    # per-run rows and the markdown table carry the same numbers
+    runs = read_csv(out / "runs.csv")
+    assert len(runs) == 4
+    for r in runs:
+        assert float(r["final_top1"]) == pytest.approx(per_run[r["model"], int(r["seed"])]["final_top1"])
+    md = (out / "summary.md").read_text()
+    mean, std = statistics.fmean(per_run["resnet20", s]["final_top1"] for s in SEEDS), statistics.stdev(
+        per_run["resnet20", s]["final_top1"] for s in SEEDS)
+    assert f"{mean:.2f} +- {std:.2f}" in md
+
+
+def test_analysis_pools_the_seeds_parameters(finished):
+    from gctnet.surgery import gct_modules
+    from gctnet.train import load_checkpoint_model
+
+    out, _, _ = finished
+    data = json.loads((out / "analysis" / "gct_resnet20" / "analysis.json").read_text())
+    models = [load_checkpoint_model(out / "runs" / "gct_resnet20" / f"seed{s}")[0] for s in SEEDS]
+    per_model = [gct_modules(m) for m in models]
+    assert data["models"] == 2 and data["gct_layers"] == len(per_model[0])
+    for j, layer in enumerate(data["layers"]):
+        gamma = torch.cat([pm[j][1].gamma.detach().double() for pm in per_model])
+        assert layer["name"] == per_model[0][j][0]
+        assert layer["gamma"]["mean"] == pytest.approx(gamma.mean().item())
+        assert layer["gamma_positive"] == pytest.approx((gamma > 0).double().mean().item())
+    assert len(data["gates"]) == data["gct_layers"]
+
+
+def test_progress_lines(finished):
+    _, _, lines = finished
+    assert any(line.startswith("run 1/4: resnet20 seed 0 (training)") for line in lines)
+    assert any(line.startswith("run 4/4: gct_resnet20 seed 1") and "ETA" in line for line in lines)
+
+
+def test_second_call_skips_finished_runs(finished, monkeypatch):
+    out, _, _ = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("last.pt")}
+
+    def no_training(config):
+        raise AssertionError(f"finished run retrained: {config.model} seed {config.seed}")
+
+    monkeypatch.setattr(gctnet.train, "run", no_training)
+    lines: list[str] = []
+    result = compare.run(MODELS, SEEDS, out, train_options=OPTIONS, log=lines.append, analysis_images=64)
+    assert result.trained == 0 and result.skipped == 4
+    assert sum("already finished, skipped" in line for line in lines) == 4
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("last.pt")}
+
+
+def test_other_settings_on_the_same_folder_are_refused(finished):
+    out, _, _ = finished
+    with pytest.raises(compare.CompareError, match="epochs=1 \\(now 2\\)"):
+        compare.run(MODELS, SEEDS, out, train_options={**OPTIONS, "epochs": 2}, log=None)
+
+
+def test_cli_continues_the_comparison(finished, capsys, monkeypatch):
+    from gctnet.cli import main
+
+    out, _, _ = finished
+    monkeypatch.setattr(gctnet.train, "run", lambda config: pytest.fail("nothing should be trained"))
+    argv = ["compare", "--models", ",".join(MODELS), "--seeds", "2", "--out", str(out), "--epochs", "1",
+            "--subset", "128", "--val-subset", "128", "--batch-size", "64", "--model-kwargs", "width=0.5", "--quiet",
+            "--workers", "0", "--analysis-images", "64"]
+    assert main(argv) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--seeds", "x", "--out", str(out)])
+    assert exc.value.code == 2
+
+
+def test_a_deleted_run_is_trained_again(finished, tmp_path):
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "runs" / "resnet20" / "seed1")
+    lines: list[str] = []
+    result = compare.run(MODELS, SEEDS, copy, train_options=OPTIONS, log=lines.append, analyze=False)
+    assert result.trained == 1 and result.skipped == 3
+    assert any(line.startswith("run 2/4: resnet20 seed 1 (training)") for line in lines)
+    assert json.loads((copy / "runs" / "resnet20" / "seed1" / "summary.json").read_text())["finished"]
+
+
+def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
+    """Ctrl-C during the first epoch's evaluation: the engine saves last.pt in epoch 2; the next call
+    resumes it (epoch 1 is not trained again) instead of starting over."""
+    import signal
+
+    import gctnet.train.engine as engine
+
+    options = {**OPTIONS, "epochs": 2}
+    real_evaluate = engine.evaluate
+    calls = []
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        result = real_evaluate(*args, **kwargs)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # recorded by the engine, acted on at the next step
+        return result
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run(["resnet20"], [0], tmp_path, train_options=options, log=None, analyze=False)
+    path = tmp_path / "runs" / "resnet20" / "seed0"
+    assert (path / "last.pt").is_file() and not (path / "summary.json").exists()
+    first_epoch = read_csv(path / "metrics.csv")
+    assert len(first_epoch) == 1
+
+    lines: list[str] = []
+    result = compare.run(["resnet20"], [0], tmp_path, train_options=options, log=lines.append, analyze=False)
+    assert result.trained == 1
+    assert any("resnet20 seed 0 (resuming)" in line for line in lines)
+    metrics = read_csv(path / "metrics.csv")
+    assert [r["epoch"] for r in metrics] == ["1", "2"]
+    assert metrics[0] == first_epoch[0], "epoch 1 must not be trained again"
+    assert json.loads((path / "summary.json").read_text())["epochs"] == 2
