@@ -81,6 +81,18 @@ def test_checkpointed_gct_saves_no_gated_copies():
     assert 0 <= info.saved_bytes_per_image - TINY_SAVED <= 4 * 4 * (2 + 4)
 
 
+def test_checkpointed_gct_via_model_kwargs_and_cli(capsys):
+    plain = model_info("resnet20", (1, 16, 16), batch_size=2)
+    ckpt = model_info("gct_resnet20", (1, 16, 16), batch_size=2, model_kwargs={"gct_kwargs": {"checkpoint": True}})
+    assert ckpt.gct_modules == 21
+    assert 0 <= ckpt.saved_bytes_per_image - plain.saved_bytes_per_image <= 16 * 673  # statistics only
+    argv = ["info", "resnet20", "gct_resnet20", "--input-size", "1,16,16", "--batch-size", "2"]
+    assert main(argv + ["--gct-checkpoint", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["resnet20", "gct_resnet20 (ckpt)"]
+    assert rows[1]["saved_bytes_per_image"] == ckpt.saved_bytes_per_image
+
+
 def _torchvision_resnet50_by_hand(hw: int = 224):
     """(conv+fc MACs, GCT input elements) of torchvision's ResNet-50 (stride on the 3x3), from its description."""
     macs = 64 * 3 * 49 * (hw // 2) ** 2  # stem 7x7/2
@@ -151,7 +163,7 @@ def test_model_info_defaults_and_mapping_access():
 def test_errors():
     with pytest.raises(ValueError, match="Did you mean"):
         model_info("gct_resnet2O")
-    with pytest.raises(ValueError, match="num_classes only applies"):
+    with pytest.raises(ValueError, match="only apply when a model name is given"):
         model_info(_tiny(), (2, 6, 6), num_classes=3)
     with pytest.raises(ValueError, match="batch_size"):
         model_info("resnet20", batch_size=0)

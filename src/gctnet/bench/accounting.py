@@ -21,9 +21,9 @@ pooling and scaling) is not included in ``macs``; SE's two small FC convs are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping as _MappingABC
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ GCT_MACS_PER_ELEMENT = 2  # sum of squares + scaling
 
 
 @dataclass(frozen=True)
-class ModelInfo(Mapping):
+class ModelInfo(_MappingABC):
     """Costs of one model at one input size (all per image).  Also readable as a mapping (``info["macs"]``)."""
 
     name: str
@@ -90,10 +90,15 @@ def parse_input_size(value: Union[str, Sequence[int]]) -> Tuple[int, ...]:
     return size
 
 
-def _build(model_or_name: Union[str, nn.Module], input_size: Optional[Sequence[int]], num_classes: Optional[int]):
+def _build(
+    model_or_name: Union[str, nn.Module],
+    input_size: Optional[Sequence[int]],
+    num_classes: Optional[int],
+    model_kwargs: Optional[Mapping[str, Any]],
+):
     if isinstance(model_or_name, nn.Module):
-        if num_classes is not None:
-            raise ValueError("num_classes only applies when a model name is given, not a built model")
+        if num_classes is not None or model_kwargs:
+            raise ValueError("num_classes and model_kwargs only apply when a model name is given, not a built model")
         size = parse_input_size(input_size if input_size is not None else DEFAULT_INPUT_SIZE)
         name = getattr(model_or_name, "gctnet_name", type(model_or_name).__name__)
         return model_or_name, size, name
@@ -103,7 +108,8 @@ def _build(model_or_name: Union[str, nn.Module], input_size: Optional[Sequence[i
 
     entry = get_model_entry(model_or_name)  # clear error with close names for a typo
     size = parse_input_size(input_size if input_size is not None else entry.cfg.get("input_size", DEFAULT_INPUT_SIZE))
-    return create_model(model_or_name, num_classes=num_classes, in_chans=size[0]), size, model_or_name
+    model = create_model(model_or_name, num_classes=num_classes, in_chans=size[0], **dict(model_kwargs or {}))
+    return model, size, model_or_name
 
 
 def _eval_counts(model: nn.Module, x: torch.Tensor, gct_named: List[Tuple[str, GCT]]) -> Tuple[int, int]:
@@ -160,6 +166,7 @@ def model_info(
     *,
     batch_size: int = 1,
     num_classes: Optional[int] = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> ModelInfo:
     """Parameters, GCT parameters, MACs (GCT counted), GCT activation elements and saved bytes per image.
 
@@ -171,12 +178,14 @@ def model_info(
         batch_size: images per forward (results are per image); the saved-bytes forward runs in train
             mode, where BatchNorm needs more than one value per channel.
         num_classes: classifier size when building by name (default: the entry's default).
+        model_kwargs: extra builder arguments when building by name, e.g.
+            ``{"gct_kwargs": {"checkpoint": True}}`` for a ``gct_`` model with recomputed GCT outputs.
 
     See the module docstring for the exact counting conventions.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    model, size, name = _build(model_or_name, input_size, num_classes)
+    model, size, name = _build(model_or_name, input_size, num_classes, model_kwargs)
     try:
         p = next(model.parameters())
         device, dtype = p.device, p.dtype
@@ -213,7 +222,7 @@ def compare_models(
     input_size: Optional[Sequence[int]] = None,
     **kwargs: Any,
 ) -> List[ModelInfo]:
-    """:func:`model_info` for each model (same ``input_size``/``batch_size``/``num_classes``)."""
+    """:func:`model_info` for each model (same ``input_size`` and keyword arguments, e.g. ``batch_size``)."""
     if isinstance(names, (str, nn.Module)):
         names = [names]
     if not names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from . import UsageError
 
@@ -27,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (results are per image; default 1)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's default)")
+    parser.add_argument(
+        "--gct-checkpoint", action="store_true",
+        help="build gct_ models with apply_gct(checkpoint=True): GCT outputs recomputed in backward, not saved",
+    )  # fmt: skip
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="print a Markdown table")
     fmt.add_argument("--json", action="store_true", help="print JSON (one object per model)")
@@ -60,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    rows = compare_models(args.models, input_size, batch_size=args.batch_size, num_classes=args.num_classes)
+    rows = []
+    for name in args.models:
+        kwargs = {"gct_kwargs": {"checkpoint": True}} if args.gct_checkpoint and name.startswith("gct_") else None
+        rows += compare_models([name], input_size, batch_size=args.batch_size, num_classes=args.num_classes, model_kwargs=kwargs)
+    if args.gct_checkpoint:
+        rows = [replace(r, name=f"{r.name} (ckpt)") if r.name.startswith("gct_") else r for r in rows]
     if args.json:
         json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")
