@@ -112,7 +112,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import BadImageError, DatasetNotFoundError
-    from ..train import ConfigError, NonFiniteLossError, TrainingInterrupted
+    from ..train import ConfigError, DistributedFailure, NonFiniteLossError, TrainingInterrupted
     from ..train import run as train_run
 
     config = build_config(args)
@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"gctnet train: {exc}", file=sys.stderr)
         return 128 + int(exc.signum)
     except (NonFiniteLossError, DatasetNotFoundError, BadImageError, FileNotFoundError) as exc:
+        print(f"gctnet train: error: {exc}", file=sys.stderr)
+        return 1
+    except DistributedFailure as exc:
         print(f"gctnet train: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,7 +8,7 @@ See ``docs/training.md`` for the run-folder layout, resuming, torchrun and the C
 
 from .checkpoint import atomic_save, load_checkpoint, load_checkpoint_model, load_model_any
 from .config import RECIPES, ConfigError, TrainConfig
-from .engine import METRICS_COLUMNS, NonFiniteLossError, RunDirExistsError, TrainingInterrupted, run
+from .engine import METRICS_COLUMNS, DistributedFailure, NonFiniteLossError, RunDirExistsError, TrainingInterrupted, run
 from .evaluation import evaluate, evaluate_path, format_eval_table
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "TrainingInterrupted",
     "NonFiniteLossError",
     "RunDirExistsError",
+    "DistributedFailure",
     "METRICS_COLUMNS",
 ]

@@ -29,6 +29,8 @@ __all__ = [
     "resolve_checkpoint",
     "load_checkpoint",
     "load_checkpoint_model",
+    "load_model_any",
+    "checkpoint_kind",
     "capture_rng",
     "restore_rng",
 ]
@@ -192,35 +194,43 @@ def load_model_any(
     ``meta["kind"]`` is ``"gctnet"``, ``"safetensors"`` or ``"official"``.
     """
     p = Path(path).expanduser()
-    if p.is_dir() or (p.is_file() and p.suffix != ".safetensors" and _is_gctnet_checkpoint(p)):
+    kind = checkpoint_kind(p)
+    if kind == "gctnet":
         model, ckpt = load_checkpoint_model(p, which=which)
         return model, {**ckpt, "kind": "gctnet"}
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
-    if p.suffix == ".safetensors":
+    if kind == "safetensors":
         from safetensors import safe_open
+        from safetensors.torch import load_model
+
+        from ..models import create_model
 
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
-        if meta.get("format") == "gctnet":
-            from safetensors.torch import load_model
-
-            from ..models import create_model
-
-            model = create_model(meta["model_name"], **json.loads(meta.get("model_kwargs", "{}")))
-            load_model(model, str(p))
-            model.eval()
-            classes = json.loads(meta.get("classes", "[]"))
-            return model, {"kind": "safetensors", "model_name": meta["model_name"], "data": {"classes": classes}}
+        model = create_model(meta["model_name"], **json.loads(meta.get("model_kwargs", "{}")))
+        load_model(model, str(p))
+        classes = json.loads(meta.get("classes", "[]"))
+        return model.eval(), {"kind": "safetensors", "model_name": meta["model_name"], "data": {"classes": classes}}
     from ..models.official import load_official_checkpoint
 
     model = load_official_checkpoint(p, num_classes=num_classes or 1000)
     return model.eval(), {"kind": "official", "model_name": "gct_resnet50_official", "data": {}}
 
 
-def _is_gctnet_checkpoint(path: Path) -> bool:
-    try:
-        load_checkpoint(path)
-    except ValueError:
-        return False
-    return True
+def checkpoint_kind(path: "str | os.PathLike[str]") -> str:
+    """``"gctnet"`` (run folder or gctnet checkpoint), ``"safetensors"`` (gctnet's model.safetensors)
+    or ``"other"`` (e.g. an official checkpoint), judged without loading the weights."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return "gctnet"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as fh:
+            return "safetensors" if (fh.metadata() or {}).get("format") == "gctnet" else "other"
+    try:  # mmap: only the pickled structure is read, not the tensor data
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - anything unreadable here is not a gctnet checkpoint
+        return "other"
+    return "gctnet" if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else "other"

@@ -118,6 +118,12 @@ class TrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name} must be a positive integer, got {v!r}")
 
         need(isinstance(self.model, str) and bool(self.model), f"model must be a registered model name, got {self.model!r}")
+        from ..models import get_model_entry
+
+        try:
+            get_model_entry(self.model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         need(isinstance(self.model_kwargs, dict), f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
         try:
             json.dumps(self.model_kwargs)

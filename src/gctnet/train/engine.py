@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -57,6 +58,7 @@ __all__ = [
     "TrainingInterrupted",
     "NonFiniteLossError",
     "RunDirExistsError",
+    "DistributedFailure",
     "METRICS_COLUMNS",
     "RUN_FILES",
     "resolve_amp",
@@ -79,6 +81,17 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; the message names the epoch and step and the kept checkpoint."""
+
+
+class DistributedFailure(RuntimeError):
+    """A collective between torchrun processes failed: another rank died or timed out."""
+
+
+def _is_comm_failure(exc: BaseException) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(exc)
+    return isinstance(exc, dist_error) or any(
+        k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timeout"))
 
 
 class RunDirExistsError(ConfigError):
@@ -162,11 +175,20 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     ``last.pt`` on SIGINT/SIGTERM.
     """
     config = replace(config).validate()
-    with _isolated_global_state(config.deterministic):
+    with _isolated_global_state(config.deterministic), warnings.catch_warnings():
+        # DDP's note about 1x1-conv gradient strides on CPU is harmless and would repeat on every rank
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ctx = distributed.setup(config.device, config.dist_timeout)
         try:
             trainer = _Trainer(config, ctx)
             return trainer.fit()
+        except RuntimeError as exc:
+            if ctx.distributed and not isinstance(exc, (NonFiniteLossError, DistributedFailure)) and _is_comm_failure(exc):
+                raise DistributedFailure(
+                    f"rank {ctx.rank}: a collective operation between the torchrun processes failed (another "
+                    f"process died, or did not answer within dist_timeout={config.dist_timeout:g} s): {exc}"
+                ) from exc
+            raise
         finally:
             distributed.teardown(ctx)
 
@@ -194,6 +216,8 @@ class _Trainer:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) must be divisible by the {ctx.world_size} processes")
         self.rank_batch = cfg.batch_size // ctx.world_size
         self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
+        if cfg.sync_bn and ctx.distributed and self.device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         self.out = Path(ctx.main_first(self._prepare_out_dir))
         self.logger = RunLogger(
             enabled=ctx.is_main, quiet=cfg.quiet, log_file=self.out / "log.txt",
@@ -270,7 +294,8 @@ class _Trainer:
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.train_model = DDP(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.sync_every = 1 if self.device.type == "cpu" else 20
@@ -566,6 +591,7 @@ class _Trainer:
             "device": str(self.device),
             "train_samples": len(self.train_set),
             "val_samples": len(self.val_set),
+            "val_evaluated": self.last_val["n"],
             "run_dir": str(self.out),
             "finished": True,
         }
