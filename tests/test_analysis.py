@@ -251,3 +251,48 @@ def test_analyze_on_a_model_made_by_surgery():
     result = analyze(model, data=torch.randn(2, 3, 10, 10))
     assert [l.name for l in result.layers] == [n for n, _ in surgery.gct_modules(model)]
     assert len(result.gates) == len(result.layers) == 2
+
+
+def test_cli_on_the_official_checkpoint_without_data(tmp_path, capsys):
+    from gctnet.cli import main
+    from gctnet.models.official import gct_resnet50_official, save_official_checkpoint
+
+    torch.manual_seed(0)
+    model = gct_resnet50_official(num_classes=10)
+    with torch.no_grad():
+        for _, g in gctnet.gct_modules(model):
+            g.gamma.normal_()
+    path = tmp_path / "GCT-ResNet50.pth.tar"
+    save_official_checkpoint(model, path)
+    assert main(["analyze", str(path), "--no-data", "--out", str(tmp_path / "an")]) == 0
+    printed = capsys.readouterr().out
+    assert "53 GCT layers" in printed and "not measured" in printed
+    data = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert data["gct_layers"] == 53 and data["gates"] == []
+    stages = [l["stage"] for l in data["layers"]]
+    assert stages[0] == "stem" and stages[-1] == "layer4" and stages.count("layer3") == 6 * 3 + 1
+    for entry, (name, g) in zip(data["layers"], gctnet.gct_modules(model)):
+        assert entry["name"] == name
+        assert entry["gamma"]["mean"] == pytest.approx(g.gamma.double().mean().item())
+
+
+def test_cli_usage_errors(tmp_path):
+    from gctnet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(tmp_path / "missing")])
+    assert exc.value.code == 2
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weight": torch.zeros(2)}, bogus)
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(bogus), "--no-data"])
+    assert exc.value.code == 2
+
+
+def test_barely_trained_gamma_is_called_negligible():
+    net = make_net(trend=1.0)
+    with torch.no_grad():
+        for g in gcts(net):
+            g.gamma.mul_(1e-5)
+    analysis = analyze(net)
+    assert analysis.trend["verdict"] == "negligible" and "barely moved" in analysis.conclusion

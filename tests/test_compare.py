@@ -245,3 +245,21 @@ def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
     assert [r["epoch"] for r in metrics] == ["1", "2"]
     assert metrics[0] == first_epoch[0], "epoch 1 must not be trained again"
     assert json.loads((path / "summary.json").read_text())["epochs"] == 2
+
+
+def test_analyze_cli_on_a_run_folder(finished, tmp_path, capsys):
+    from gctnet.cli import main
+    from gctnet.surgery import gct_modules
+    from gctnet.train import load_checkpoint_model
+
+    out, _, _ = finished
+    run = out / "runs" / "gct_resnet20" / "seed1"
+    assert main(["analyze", str(run), "--out", str(tmp_path), "--batch-size", "32"]) == 0
+    assert "measured on 32 images (validation split of fashion_mnist)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "analysis.json").read_text())
+    model, _ = load_checkpoint_model(run)
+    for entry, (name, g) in zip(data["layers"], gct_modules(model)):
+        assert entry["name"] == name
+        assert entry["alpha"]["mean"] == pytest.approx(g.alpha.double().mean().item())
+        assert entry["beta"]["max"] == pytest.approx(g.beta.double().max().item())
+    assert [g["samples"] for g in data["gates"]] == [32] * data["gct_layers"]

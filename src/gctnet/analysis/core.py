@@ -65,6 +65,16 @@ class _Loaded:
     config: dict[str, Any] = field(default_factory=dict)  # the training config of gctnet runs
 
 
+def _classifier_size(checkpoint: dict[str, Any]) -> int:
+    """Rows of the ``fc.weight`` of an official-style checkpoint (1000 for ImageNet), default 1000."""
+    state = checkpoint.get("state_dict", checkpoint)
+    for key in ("fc.weight", "module.fc.weight"):
+        weight = state.get(key) if isinstance(state, dict) else None
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return int(weight.shape[0])
+    return 1000
+
+
 def load_source(source: Source) -> _Loaded:
     """Model behind ``source``: an ``nn.Module`` (used as is), a gctnet run folder or checkpoint file
     (via :func:`gctnet.train.load_checkpoint_model`), or the official GCT-ResNet-50 checkpoint (via
@@ -91,7 +101,7 @@ def load_source(source: Source) -> _Loaded:
         model, ckpt = load_checkpoint_model(path)
         return _Loaded(model, str(path), "checkpoint", dict(ckpt.get("config") or {}))
     try:
-        return _Loaded(load_official_checkpoint(obj), str(path), "official")
+        return _Loaded(load_official_checkpoint(obj, num_classes=_classifier_size(obj)), str(path), "official")
     except CheckpointError as exc:
         raise ValueError(
             f"{path} is neither a gctnet checkpoint (it has no 'model_name' entry) nor a checkpoint of the "

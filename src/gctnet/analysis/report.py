@@ -45,6 +45,8 @@ def conclusion(trend: dict[str, Any]) -> str:
         "matches": f"this matches {PAPER}.",
         "partial": f"gamma grows with depth, but the signs do not match {PAPER}.",
         "opposite": f"gamma does not grow with depth, unlike {PAPER}.",
+        "negligible": "gamma has barely moved from its initial 0 (both means below 0.001 in magnitude): too "
+        "little training to compare with the paper's finding.",
     }[verdict]
     per_model = trend.get("per_model") or []
     if len(per_model) > 1:

@@ -422,6 +422,11 @@ def gate_statistics(
 # --------------------------------------------------------------------------------------------------
 # the paper's depth trend
 # --------------------------------------------------------------------------------------------------
+# mean |gamma| below which the shallow/deep comparison says nothing (gamma starts at 0; trained networks
+# reach magnitudes of 0.1-1)
+NEGLIGIBLE_GAMMA = 1e-3
+
+
 def _third(n: int) -> int:
     return max(1, n // 3)
 
@@ -432,6 +437,7 @@ def depth_trend(layers: Sequence[LayerStats]) -> dict[str, Any]:
     Returns a dict with ``layers``, ``shallow_layers``/``deep_layers`` (1-based index ranges),
     ``shallow_mean_gamma``, ``deep_mean_gamma``, ``verdict`` (``"matches"``: shallow < 0 < deep;
     ``"partial"``: deep > shallow but the signs differ from the paper; ``"opposite"``: deep <= shallow;
+    ``"negligible"``: both means are below :data:`NEGLIGIBLE_GAMMA` in magnitude (barely trained);
     ``"untrained"``: all gamma are exactly 0; ``"too_few_layers"``: fewer than 3 layers) and
     ``per_model``: the same means and verdict for each pooled model separately.
     """
@@ -455,6 +461,8 @@ def depth_trend(layers: Sequence[LayerStats]) -> dict[str, Any]:
     def verdict(s: float, d: float, all_zero: bool) -> str:
         if all_zero:
             return "untrained"
+        if max(abs(s), abs(d)) < NEGLIGIBLE_GAMMA:
+            return "negligible"
         if s < 0 < d:
             return "matches"
         if d > s:
