@@ -207,6 +207,7 @@ def test_cli_info(capsys):
         (["info"], "at least one MODEL"),
         (["info", "resnet20", "--batch-size", "0"], "--batch-size"),
         (["info", "--list", "nothing*"], "no registered model"),
+        (["info", "resnet18", "--input-size", "3,32,32"], "batch_size >= 2"),  # 1x1 maps in layer4, batch 1
     ],
 )
 def test_cli_info_usage_errors(argv, message, capsys):

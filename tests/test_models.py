@@ -216,7 +216,8 @@ def test_torchvision_models_are_torchvision_architectures():
     ours = create_model("resnet50")
     theirs = torchvision.models.resnet50(weights=None)
     assert type(ours) is type(theirs)
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    shapes = lambda m: [(k, v.shape) for k, v in m.state_dict().items()]  # noqa: E731
+    assert shapes(ours) == shapes(theirs)
     assert sum(p.numel() for p in ours.parameters()) == 25_557_032
     # SE-ResNet-50 with reduction 16: the standard 28.09 M parameters (timm's seresnet50 has the same)
     assert sum(p.numel() for p in create_model("se_resnet50").parameters()) == 28_088_024

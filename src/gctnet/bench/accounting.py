@@ -264,8 +264,8 @@ def format_table(rows: Sequence[ModelInfo], markdown: bool = False) -> str:
     if len(rows) == 1:  # comparisons with itself say nothing
         table = [row[:-3] for row in table]
     notes = (
-        f"MACs = conv/linear MACs (FlopCounterMode FLOPs / 2) + GCT MACs ({GCT_MACS_PER_ELEMENT} per GCT input element: "
-        "sum of squares + scaling); per image."
+        "MACs = conv/linear MACs (FlopCounterMode FLOPs / 2) + GCT MACs "
+        f"({GCT_MACS_PER_ELEMENT} per GCT input element: sum of squares + scaling); per image."
     )
     if markdown:
         align = ["---"] + ["---:"] * (len(table[0]) - 1)

@@ -8,6 +8,7 @@ Example: gctnet info resnet50 se_resnet50 gct_resnet50 gct_resnet50_block --mark
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -26,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input size of one image, e.g. 3,224,224 or 1,28,28 (default: each model's configured size); "
         "C sets the model's in_chans",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward (results are per image; default 1)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images per forward (results are per image; default 1)"
+    )
     parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's default)")
     parser.add_argument(
         "--gct-checkpoint", action="store_true",
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.accounting import compare_models, format_table, parse_input_size
+    from ..bench.accounting import format_table, model_info, parse_input_size
     from ..models import get_model_entry, list_models
 
     if args.list is not None:
@@ -59,18 +62,30 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f"--num-classes must be >= 1, got {args.num_classes}")
+    model_kwargs = {}
     for name in args.models:  # fail on a typo before spending time on the other models
         try:
-            get_model_entry(name)
+            entry = get_model_entry(name)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if args.gct_checkpoint and name.startswith("gct_"):
+            if "gct_kwargs" not in inspect.signature(entry.fn).parameters:
+                raise UsageError(f"--gct-checkpoint: model {name!r} does not take gct_kwargs")
+            model_kwargs[name] = {"gct_kwargs": {"checkpoint": True}}
 
     rows = []
     for name in args.models:
-        kwargs = {"gct_kwargs": {"checkpoint": True}} if args.gct_checkpoint and name.startswith("gct_") else None
-        rows += compare_models([name], input_size, batch_size=args.batch_size, num_classes=args.num_classes, model_kwargs=kwargs)
-    if args.gct_checkpoint:
-        rows = [replace(r, name=f"{r.name} (ckpt)") if r.name.startswith("gct_") else r for r in rows]
+        try:
+            info = model_info(
+                name,
+                input_size,
+                batch_size=args.batch_size,
+                num_classes=args.num_classes,
+                model_kwargs=model_kwargs.get(name),
+            )
+        except ValueError as exc:  # e.g. an input too small for the model, BatchNorm with batch 1
+            raise UsageError(f"{name}: {exc}") from None
+        rows.append(replace(info, name=f"{name} (ckpt)") if name in model_kwargs else info)
     if args.json:
         json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")

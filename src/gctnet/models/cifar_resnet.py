@@ -134,7 +134,9 @@ class CifarResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     @staticmethod
-    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int, se_reduction: Optional[int]) -> nn.Sequential:
+    def _make_stage(
+        in_planes: int, planes: int, blocks: int, stride: int, se_reduction: Optional[int]
+    ) -> nn.Sequential:
         layers = [BasicBlock(in_planes, planes, stride, se_reduction=se_reduction)]
         layers += [BasicBlock(planes, planes, 1, se_reduction=se_reduction) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
@@ -189,7 +191,9 @@ def _depth_builder(depth: int, se: bool) -> Any:
 
     def build(num_classes: int = 10, in_chans: int = 3, width: float = 1, **kwargs: Any) -> CifarResNet:
         if "se" in kwargs or "depth" in kwargs:
-            raise TypeError(f"{name}: 'depth' and 'se' are fixed by the model name; use cifar_resnet(...) to choose them")
+            raise TypeError(
+                f"{name}: 'depth' and 'se' are fixed by the model name; use cifar_resnet(...) to choose them"
+            )
         return cifar_resnet(depth, num_classes, in_chans, width, se=se, **kwargs)
 
     build.__name__ = build.__qualname__ = name

@@ -34,7 +34,15 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from ._variants import register_variants
 from .se import SE_REDUCTION, make_se
 
-__all__ = ["SEBasicBlock", "SEBottleneck", "ARCHS", "TorchvisionArch", "build_torchvision", "build_se_resnet", "replace_stem"]
+__all__ = [
+    "SEBasicBlock",
+    "SEBottleneck",
+    "ARCHS",
+    "TorchvisionArch",
+    "build_torchvision",
+    "build_se_resnet",
+    "replace_stem",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,7 +149,9 @@ ARCHS: Dict[str, TorchvisionArch] = {
 # --------------------------------------------------------------------------------------------------
 # builders
 # --------------------------------------------------------------------------------------------------
-def replace_stem(model: nn.Module, path: str, in_chans: int, init: Callable[[Tensor], None] = _kaiming_fan_out) -> nn.Conv2d:
+def replace_stem(
+    model: nn.Module, path: str, in_chans: int, init: Callable[[Tensor], None] = _kaiming_fan_out
+) -> nn.Conv2d:
     """Replace the conv at ``path`` by a new one reading ``in_chans`` channels (other settings kept)."""
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -186,7 +196,9 @@ def _finish(name: str, arch: TorchvisionArch, model: nn.Module, in_chans: int) -
         raise ValueError(f"{name}: in_chans must be a positive int, got {in_chans!r}")
     if in_chans != 3:
         if getattr(model, "transform_input", False):
-            raise ValueError(f"{name}: transform_input=True assumes 3 RGB channels; it cannot be used with in_chans={in_chans}")
+            raise ValueError(
+                f"{name}: transform_input=True assumes 3 RGB channels; it cannot be used with in_chans={in_chans}"
+            )
         replace_stem(model, arch.first_conv, in_chans, arch.stem_init)
     return model
 
