@@ -404,3 +404,17 @@ def test_eval_official_checkpoint_on_imagefolder(tmp_path, capsys):
     with pytest.raises(SystemExit):  # no dataset of its own
         cli_main(["eval", str(path)])
     assert "--data imagefolder:PATH" in capsys.readouterr().err
+
+
+def test_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch, fashion):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run(tiny_config(tmp_path / "tty", epochs=1, quiet=False, tensorboard=True))
+    captured = capsys.readouterr()
+    assert "epoch 1/1 " in captured.out and "done: final top-1" in captured.out
+    assert "batch" in captured.err and "img_s" in captured.err  # the tqdm bar with its postfix
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "TensorBoard is not installed" in (tmp_path / "tty" / "log.txt").read_text()
+    else:
+        assert (tmp_path / "tty" / "tensorboard").is_dir()

@@ -228,7 +228,7 @@ class _Trainer:
         # ---- data
         self.info = dataset_info(cfg.data, cfg.data_dir, image_size=cfg.image_size)
         if cfg.download:  # only rank 0 downloads; the others wait and then read the files
-            ctx.main_first(lambda: load_dataset(cfg.data, "val", cfg.data_dir, download=True) and None)
+            ctx.main_first(lambda: len(load_dataset(cfg.data, "val", cfg.data_dir, download=True)))
         common = dict(data_dir=cfg.data_dir, skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size)
         self.train_set = load_dataset(cfg.data, "train", augment=cfg.augment, subset=cfg.subset,
                                       subset_seed=cfg.seed, **common)
