@@ -418,3 +418,21 @@ def test_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch, fashion):
         assert "TensorBoard is not installed" in (tmp_path / "tty" / "log.txt").read_text()
     else:
         assert (tmp_path / "tty" / "tensorboard").is_dir()
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, fashion):
+    summary = run(tiny_config(tmp_path / "bf16", epochs=1, amp="auto", channels_last=True))
+    assert math.isfinite(summary["final_loss"]) and summary["final_top1"] > 10.0
+    ckpt = load_pt(tmp_path / "bf16" / "last.pt")
+    assert ckpt["config"]["amp"] == "auto" and ckpt["scaler"] is None  # bf16 needs no grad scaler
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["_resolved"]["amp_dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_grad_scaler_on_cuda(tmp_path, fashion):
+    summary = run(tiny_config(tmp_path / "fp16", epochs=1, amp="fp16", device="cuda", deterministic=False))
+    assert summary["device"].startswith("cuda") and math.isfinite(summary["final_loss"])
+    ckpt = load_pt(tmp_path / "fp16" / "last.pt")
+    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0
+    assert evaluate_path(str(tmp_path / "fp16"), device="cuda")["top1"] == summary["final_top1"]
