@@ -179,11 +179,15 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
+def _is_finished(path: Path) -> bool:
+    summary = _read_json(path / "summary.json")
+    return bool(summary and summary.get("finished"))
+
+
 def _status(path: Path, epochs: int) -> str:
     """``done`` (finished), ``resume`` (an interrupted run: continue from last.pt), ``restart`` (a run that
     died before its first checkpoint, or after its last epoch but before its summary) or ``new``."""
-    summary = _read_json(path / "summary.json")
-    if summary and summary.get("finished"):
+    if _is_finished(path):
         return "done"
     if (path / "last.pt").is_file():
         from .train import load_checkpoint
@@ -551,7 +555,7 @@ def run(
             raise
         durations.append(time.perf_counter() - t0)
         trained += 1
-        if _status(path, 0) != "done":
+        if not _is_finished(path):
             raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
 
     runs, summaries = summarize(out, model_list, base)
@@ -597,6 +601,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -690,8 +695,8 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
         f"- seeds: {', '.join(map(str, result.seeds))}",
         f"- training options (the preset's, overridden by those given): {_describe(opts)}; everything else is "
         "the gctnet.train default (each run's config.json has the full configuration)",
-        f"- measured {settings.get('date')} with torch {settings.get('torch')}, {settings.get('cpu_threads')} CPU "
-        f"threads, {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
+        f"- measured {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
+        f"({settings.get('cpu_threads')} torch threads), {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
         f"{result.skipped} finished one(s), took {_fmt_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
     ]
 
