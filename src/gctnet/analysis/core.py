@@ -110,20 +110,20 @@ def load_source(source: Source) -> _Loaded:
 
 
 def _dataset_from_config(config: dict[str, Any]) -> tuple[Optional[Any], str]:
-    """The validation set a gctnet run was trained with, or (None, why not)."""
-    spec = config.get("data") or config.get("dataset")
+    """The validation set a gctnet run was trained with, or (None, why not) when it is not available."""
+    spec = config.get("data")
     if not spec:
         return None, "the run's config names no dataset"
-    return _load_val(str(spec), config.get("data_dir"))
+    try:
+        return _load_val(str(spec), config.get("data_dir"), config.get("image_size"))
+    except (FileNotFoundError, OSError) as exc:
+        return None, f"the run's dataset {spec!r} is not available here ({exc})"
 
 
-def _load_val(spec: str, data_dir: Optional[PathLike]) -> tuple[Optional[Any], str]:
+def _load_val(spec: str, data_dir: Optional[PathLike], image_size: Optional[int] = None) -> tuple[Any, str]:
     from ..data import load_dataset
 
-    try:
-        return load_dataset(spec, split="val", data_dir=data_dir), f"validation split of {spec}"
-    except (FileNotFoundError, RuntimeError, OSError) as exc:
-        return None, f"the dataset {spec!r} is not available ({exc})"
+    return load_dataset(spec, split="val", data_dir=data_dir, image_size=image_size), f"validation split of {spec}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,8 +146,9 @@ def analyze(
             official GCT-ResNet-50 checkpoint, or a list of these with the same GCT layers (seeds of one
             architecture: every layer's statistics are pooled over their channels).
         data: inputs for the gate statistics: ``None`` (default) uses the validation split of the dataset
-            a gctnet run was trained on and skips the gates for other sources; ``False`` skips them;
-            a dataset spec such as ``"fashion_mnist"`` or ``"imagefolder:PATH"`` (its validation split);
+            a gctnet run was trained on if it is available here, and skips the gates otherwise and for other
+            sources; ``False`` skips them; a dataset spec such as ``"fashion_mnist"`` or
+            ``"imagefolder:PATH"`` (its validation split; an error if it cannot be loaded);
             or a tensor, ``Dataset`` or iterable of batches (see :func:`gctnet.analysis.collect_batches`).
         data_dir: where to find the dataset named by a spec.
         batches, batch_size: how many images the gate statistics use (``batches * batch_size``, a seeded

@@ -10,6 +10,7 @@ Writes analysis.json, analysis.md and PNG figures to --out.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from . import UsageError
@@ -59,8 +60,11 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             out=out,
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # not a checkpoint gctnet can read, no GCT in it, bad --data spec
         raise UsageError(str(exc)) from exc
+    except FileNotFoundError as exc:  # the dataset named by --data is not installed
+        print(f"gctnet analyze: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{len(result.layers)} GCT layers; gate statistics: {result.gate_note}")
     print(result.conclusion)
     print(f"report: {Path(out) / 'analysis.md'}")
