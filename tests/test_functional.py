@@ -234,3 +234,10 @@ def test_bad_mode_and_eps():
         gct(x, *params, eps=0.0)
     with pytest.raises(TypeError, match="eps must be a positive float"):
         gct(x, *params, eps="1e-5")  # type: ignore[arg-type]
+
+
+def test_meta_tensors_give_shapes():
+    x = torch.empty(2, 3, 5, 5, device="meta", dtype=torch.float16)
+    params = [torch.empty(3, device="meta") for _ in range(3)]
+    y = gct(x, *params)
+    assert y.shape == x.shape and y.dtype == torch.float16 and y.device.type == "meta"

@@ -104,7 +104,11 @@ def _stat_shape(x: Tensor) -> tuple[int, ...]:
 
 def _no_autocast(device_type: str):
     """GCT manages its own precision: autocast must not upcast x to a full-size float32 copy."""
-    if torch.is_autocast_enabled(device_type):
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # device types without autocast (e.g. "meta")
+        enabled = False
+    if enabled:
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
