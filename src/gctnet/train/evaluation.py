@@ -77,8 +77,7 @@ def evaluate(
         per_correct = torch.zeros(n_cls, dtype=torch.float64, device=device)
         per_total = torch.zeros_like(per_correct)
     assert per_total is not None
-    if ctx.distributed:
-        # ranks may have seen different class counts only if some rank saw no batch: sizes agree by n_cls
+    if ctx.distributed:  # per-class vectors have the same length on every rank (num_classes)
         ctx.all_reduce(sums)
         ctx.all_reduce(per_correct)
         ctx.all_reduce(per_total)
@@ -156,7 +155,7 @@ def evaluate_path(
     info = dataset_info(data, data_dir, image_size=image_size)
     dataset = load_dataset(data, split, data_dir, augment=False, subset=subset, subset_seed=0,
                            skip_bad_images=skip_bad_images, image_size=image_size)
-    out_features = getattr(meta.get("model_kwargs") or {}, "get", lambda *_: None)("num_classes") or num_classes
+    out_features = (meta.get("model_kwargs") or {}).get("num_classes") or num_classes
     if out_features is not None and info.num_classes > out_features:
         raise ValueError(f"the data has {info.num_classes} classes but the model predicts {out_features}")
     channels_last = bool(cfg.get("channels_last", False))
