@@ -90,9 +90,10 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
         seeds=(0, 1),
-        train={"epochs": 3, "subset": 8192},
+        # sized from measured per-image costs (docs/compare.md, Presets): about 9 minutes on 2 CPU cores
+        train={"epochs": 4, "subset": 12288},
         description="a quick look, about 10 minutes on 2 CPU cores for the 4 default models: "
-        "3 epochs on 8,192 training images (engine's default cosine recipe), full validation set, 2 seeds",
+        "4 epochs on 12,288 training images (engine's default cosine recipe), full validation set, 2 seeds",
     ),
     "full": Preset(
         name="full",
