@@ -567,6 +567,7 @@ def run(
         "preset": preset,
         "preset_description": p.description,
         "train_options": options,
+        "options_given": user,
         "wall_seconds_this_call": round(time.perf_counter() - started, 1),
         **environment(),
     }
@@ -690,13 +691,17 @@ _TABLE_NOTES = (
 
 def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[str]:
     opts = settings.get("train_options") or {}
+    given = settings.get("options_given") or {}
+    preset = f"- preset: **{settings.get('preset')}** ({settings.get('preset_description')})"
+    if given:
+        preset += f"; overridden here by {_describe(given)}"
     return [
-        f"- preset: **{settings.get('preset')}** ({settings.get('preset_description')})",
+        preset,
         f"- models: {', '.join(result.models)}; plain model: {result.baseline}",
         f"- seeds: {', '.join(map(str, result.seeds))}",
-        f"- training options (the preset's, overridden by those given): {_describe(opts)}; everything else is "
-        "the gctnet.train default (each run's config.json has the full configuration)",
-        f"- measured {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
+        f"- training options used: {_describe(opts)}; everything else is the gctnet.train default (each run's "
+        "config.json has the full configuration)",
+        f"- report written {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
         f"({settings.get('cpu_threads')} torch threads), {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
         f"{result.skipped} finished one(s), took {_fmt_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
     ]

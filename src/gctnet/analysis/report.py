@@ -49,7 +49,7 @@ def conclusion(trend: dict[str, Any]) -> str:
         "little training to compare with the paper's finding.",
     }[verdict]
     per_model = trend.get("per_model") or []
-    if len(per_model) > 1:
+    if len(per_model) > 1 and verdict != "negligible":
         hits = sum(1 for m in per_model if m["verdict"] == "matches")
         tail += f" Taken one by one, {hits} of the {len(per_model)} pooled models match it."
     return head + tail
