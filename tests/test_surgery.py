@@ -516,3 +516,28 @@ def test_torch_compile_fullgraph_train_step():
     assert torch.allclose(out, ref, atol=1e-5)
     for p, g in zip(model.parameters(), ref_grads):
         assert torch.allclose(p.grad, g, atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoint_uses_recompute_output_hook_when_functional_provides_it(monkeypatch):
+    from gctnet.functional import _GCTFunction
+
+    calls = []
+
+    def recompute_output(ctx):  # a spy with the same result as the fallback
+        calls.append(len(ctx.saved_tensors))
+        x, alpha, gamma, beta = ctx.test_inputs
+        return _GCTFunction.forward(type(ctx)(), x, alpha, gamma, beta, *ctx.test_args)
+
+    monkeypatch.setattr(_GCTFunction, "recompute_output", staticmethod(recompute_output), raising=False)
+    import gctnet.surgery as surgery
+
+    original = surgery._recompute_gct
+
+    def with_inputs(inner, x, alpha, gamma, beta, gct_args):
+        inner.test_inputs, inner.test_args = (x, alpha, gamma, beta), gct_args
+        return original(inner, x, alpha, gamma, beta, gct_args)
+
+    monkeypatch.setattr(surgery, "_recompute_gct", with_inputs)
+    model = apply_gct(_mixed_model(), checkpoint=True)
+    model(torch.randn(2, 3, 64, dtype=torch.float64)).sum().backward()
+    assert len(calls) == 3 and all(n > 0 for n in calls)

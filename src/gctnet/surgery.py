@@ -195,8 +195,11 @@ class _GCTConvFunction(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv_args
         need_x, need_a, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:6]
         need_gct = need_x or need_a or need_g or need_b
+        inner = _InnerCtx((need_x, need_a, need_g, need_b, False, False, False))
+        vars(inner).update(ctx.inner_attrs)
+        inner.saved_tensors = inner_saved
         with _no_autocast(x.device.type):
-            y = _GCTFunction.forward(_InnerCtx(), x, alpha, gamma, beta, *ctx.gct_args)  # recomputed, not saved
+            y = _recompute_gct(inner, x, alpha, gamma, beta, ctx.gct_args)  # recomputed, not saved
             yc, w, _ = _conv_operands(y, weight, None, ctx.cdt)
             grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
                 grad_out.to(yc.dtype),
@@ -214,15 +217,25 @@ class _GCTConvFunction(torch.autograd.Function):
             del y, yc
             grads_gct: tuple[Optional[Tensor], ...] = (None, None, None, None)
             if need_gct:
-                inner = _InnerCtx((need_x, need_a, need_g, need_b, False, False, False))
-                vars(inner).update(ctx.inner_attrs)
-                inner.saved_tensors = inner_saved
                 grads_gct = tuple(_GCTFunction.backward(inner, grad_y.to(x.dtype))[:4])
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
         return (*grads_gct, grad_w, grad_bias, None, None, None, None, None, None, None)
+
+
+def _recompute_gct(inner: _InnerCtx, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, gct_args) -> Tensor:
+    """``gct(x)`` again for the backward pass.
+
+    Uses ``_GCTFunction.recompute_output(ctx)`` (rebuilds the output from the saved statistics: one
+    pointwise pass) when gctnet.functional provides it, else reruns the GCT forward (one extra
+    reduction read of x).
+    """
+    recompute = getattr(_GCTFunction, "recompute_output", None)
+    if recompute is not None:
+        return recompute(inner)
+    return _GCTFunction.forward(_InnerCtx(), x, alpha, gamma, beta, *gct_args)
 
 
 def _conv_operands(y: Tensor, weight: Tensor, bias: Optional[Tensor], cdt: Optional[torch.dtype]):
