@@ -131,39 +131,67 @@ def _needs_chunking(x: Tensor, acc: torch.dtype) -> bool:
     return x.dtype != acc and x.device.type != "cuda" and not _is_compiling() and x.numel() > 0
 
 
+def _chunked_cpu(x: Tensor) -> bool:
+    """Eager CPU work on a non-empty tensor: reduce bounded chunks whose temporaries stay in cache."""
+    return x.device.type == "cpu" and x.numel() > 0 and not _is_compiling()
+
+
+def _reduce_whole(t: Tensor, kind: str, acc: torch.dtype, dims: tuple[int, ...]) -> Tensor:
+    if kind == "sumsq":
+        return torch.linalg.vector_norm(t, 2, dim=dims, dtype=acc).square()
+    if kind == "sumabs":
+        return torch.linalg.vector_norm(t, 1, dim=dims, dtype=acc)
+    return torch.sum(t, dim=dims, dtype=acc)
+
+
+def _reduce_chunk(t: Tensor, kind: str, acc: torch.dtype, dims: tuple[int, ...]) -> Tensor:
+    t = t.to(acc)  # a bounded chunk: the upcast copy and the temporaries stay small
+    if kind == "sumsq":
+        return (t * t).sum(dim=dims)
+    if kind == "sumabs":
+        return t.abs().sum(dim=dims)
+    return t.sum(dim=dims)
+
+
 def _reduce_spatial(x: Tensor, kind: str, acc: torch.dtype) -> Tensor:
     """Per-(n, c) statistic over all spatial dims, accumulated and returned in ``acc``, shape (N, C).
 
     kind: "sumsq" (sum x^2), "sumabs" (sum |x|) or "sum" (sum x).
+
+    On CPU (eager) ``vector_norm`` is fast only for the 2-norm of a contiguous input; it is 7-15x
+    slower for channels_last input and for the 1-norm, so those (and half inputs, which must not be
+    upcast whole) reduce bounded (batch, channel) chunks of ``(x*x)``/``|x|`` instead: the chunk
+    temporaries stay in cache, so the only full-size traffic is one read of ``x``.
     """
     dims = _spatial_dims(x)
-
-    def reduce(t: Tensor) -> Tensor:
-        if kind == "sumsq":
-            return torch.linalg.vector_norm(t, 2, dim=dims, dtype=acc).square()
-        if kind == "sumabs":
-            return torch.linalg.vector_norm(t, 1, dim=dims, dtype=acc)
-        return torch.sum(t, dim=dims, dtype=acc)
-
-    if not _needs_chunking(x, acc):
-        return reduce(x)
+    whole_is_fast = x.dtype == acc and (kind == "sum" or (kind == "sumsq" and x.is_contiguous()))
+    if not (_needs_chunking(x, acc) or (_chunked_cpu(x) and not whole_is_fast)):
+        return _reduce_whole(x, kind, acc, dims)
     out = x.new_empty((x.shape[0], x.shape[1]), dtype=acc)
     for bs, cs in _chunks(x):
-        out[bs, cs] = reduce(x[bs, cs].to(acc))
+        out[bs, cs] = _reduce_chunk(x[bs, cs], kind, acc, dims)
     return out
 
 
 def _dot_spatial(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
-    """Per-(n, c) ``sum_spatial a * b`` in ``acc`` without a full-size temporary, shape (N, C)."""
+    """Per-(n, c) ``sum_spatial a * b`` in ``acc`` without a full-size temporary, shape (N, C).
+
+    CPU (eager): products of bounded (batch, channel) chunks, reduced chunk by chunk (in cache; 2x
+    faster than a batched ``bmm`` dot product for contiguous input and ~8x faster than ``sum(a * b)``
+    for channels_last at 16x256x56x56).  CUDA: a batched dot product for contiguous input.  Compiled:
+    one expression the compiler fuses.
+    """
     n, c = a.shape[0], a.shape[1]
     if a.numel() == 0:
         return a.new_zeros((n, c), dtype=acc)
-    if a.dtype == acc and b.dtype == acc and a.is_contiguous() and b.is_contiguous() and not _is_compiling():
-        hw = a[0, 0].numel()
-        # a batched dot product: (NC, 1, HW) @ (NC, HW, 1)
-        return torch.bmm(a.reshape(n * c, 1, hw), b.reshape(n * c, hw, 1)).view(n, c)
     dims = _spatial_dims(a)
-    if not _needs_chunking(a, acc) and a.dtype == acc:
+    if _is_compiling():
+        return torch.sum(a.to(acc) * b.to(acc), dim=dims)
+    if not _chunked_cpu(a) and a.dtype == acc and b.dtype == acc:
+        if a.is_contiguous() and b.is_contiguous():
+            hw = a[0, 0].numel()
+            # a batched dot product: (NC, 1, HW) @ (NC, HW, 1)
+            return torch.bmm(a.reshape(n * c, 1, hw), b.reshape(n * c, hw, 1)).view(n, c)
         return torch.sum(a * b, dim=dims)
     out = a.new_empty((n, c), dtype=acc)
     for bs, cs in _chunks(a):
@@ -327,8 +355,17 @@ class _GCTFunction(torch.autograd.Function):
                 elif ctx.after_relu:
                     grad_x.add_(coef_x)
                 else:
-                    grad_x.addcmul_(torch.sign(x), coef_x)
+                    _addcmul_sign_(grad_x, x, coef_x)
         return grad_x, grad_alpha, grad_gamma, grad_beta, None, None, None
+
+
+def _addcmul_sign_(out: Tensor, x: Tensor, coef: Tensor) -> Tensor:
+    """``out += sign(x) * coef`` (coef per (n, c)); chunked on CPU so the sign temporary stays in cache."""
+    if not _chunked_cpu(x):
+        return out.addcmul_(torch.sign(x), coef)
+    for bs, cs in _chunks(x):
+        out[bs, cs].addcmul_(torch.sign(x[bs, cs]), coef[bs, cs])
+    return out
 
 
 def _double_backward(ctx, dy, x, alpha, gamma, beta):
