@@ -253,8 +253,10 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
             out.append(_target(f"CPU layer {shape} fp32, {row.label}: forward / x*w", 1.5, row.fwd_ratio))
             out.append(_target(f"CPU layer {shape} fp32, {row.label}: fwd+bwd / x*w", 4.0, row.fwdbwd_ratio))
         row = _find(lb.rows, "name", "gctnet")
-        if row is not None and row.saved is not None:
-            out.append(_target(f"layer {shape}: saved-for-backward / input", 1.0, row.saved_ratio))
+        if row is not None and row.saved is not None:  # the full-size part; statistics shown beside it
+            t = _target(f"layer {shape}: saved-for-backward full-size part / input", 1.0, row.saved_full_ratio)
+            t.measured = f"{t.measured} (+ {row.saved_stats_ratio:.4f}x per-(n, c) statistics)"
+            out.append(t)
     for mb in models:
         c = mb.config
         if c.device != "cpu" or c.amp or c.channels_last:
