@@ -231,6 +231,12 @@ def test_analyze_writes_files_with_the_same_numbers(tmp_path):
         assert entry["gamma"]["mean"] == pytest.approx(g.gamma.double().mean().item())
         assert entry["beta"]["median"] == pytest.approx(float(np.median(g.beta.detach().double().numpy())))
     assert len(data["gates"]) == 7 and "6 images" in data["gate_note"]
+    stages = {st["stage"]: st for st in data["stages"]}
+    assert list(stages) == ["stem", "layer1", "layer2"] and stages["layer1"]["layers"] == [2, 5]
+    layer2 = torch.cat([g.gamma.detach().double() for g in direct[5:]])
+    assert stages["layer2"]["gamma_mean"] == pytest.approx(layer2.mean().item())
+    assert stages["layer2"]["gamma_positive"] == pytest.approx((layer2 > 0).double().mean().item())
+    assert stages["layer2"]["channels"] == 12
     md = (tmp_path / "analysis.md").read_text()
     assert result.conclusion in md and "matches the paper" in result.conclusion
     assert "gamma_per_layer.png" in md and "`layer2.0.conv2.0`" in md

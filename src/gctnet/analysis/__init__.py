@@ -22,6 +22,7 @@ from .stats import (
     gate_statistics,
     gct_statistics,
     stage_and_block,
+    stage_summary,
 )
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "find_gct_modules",
     "load_source",
     "stage_and_block",
+    "stage_summary",
     "FIGURES",
 ]

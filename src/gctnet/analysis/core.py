@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .stats import GateStats, LayerStats, depth_trend, gate_statistics, gct_statistics
+from .stats import GateStats, LayerStats, depth_trend, gate_statistics, gct_statistics, stage_summary
 
 __all__ = ["Analysis", "analyze", "load_source"]
 
@@ -48,6 +48,7 @@ class Analysis:
             "gct_layers": len(self.layers),
             "conclusion": self.conclusion,
             "trend": self.trend,
+            "stages": stage_summary(self.layers),
             "gate_note": self.gate_note,
             "layers": [l.to_dict() for l in self.layers],
             "gates": [g.to_dict() for g in self.gates],

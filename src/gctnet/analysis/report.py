@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from .plots import plot_gamma_boxplot, plot_gamma_positive, plot_gate_mean
+from .stats import stage_summary
 
 if TYPE_CHECKING:
     from .core import Analysis
@@ -93,6 +94,18 @@ def _markdown(analysis: "Analysis", figures: dict[str, str]) -> str:
     }
     for key, name in figures.items():
         lines += [f"![{captions[key]}]({name})", ""]
+    lines += [
+        "## Per stage",
+        "",
+        "| stage | layers | channels | mean gamma | gamma > 0 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for st in stage_summary(analysis.layers):
+        first, last = st["layers"]
+        lines.append(
+            f"| {st['stage']} | {first}-{last} | {st['channels']} | {_f(st['gamma_mean'])} | {_pct(st['gamma_positive'])} |"
+        )
+    lines.append("")
     gates = {g.index: g for g in analysis.gates}
     lines += [
         "## Per layer",

@@ -37,6 +37,7 @@ __all__ = [
     "gate_statistics",
     "collect_batches",
     "depth_trend",
+    "stage_summary",
 ]
 
 ModelOrModels = Union[nn.Module, Sequence[nn.Module]]
@@ -479,3 +480,22 @@ def depth_trend(layers: Sequence[LayerStats]) -> dict[str, Any]:
         per_model.append({"shallow_mean_gamma": ms, "deep_mean_gamma": md, "verdict": verdict(ms, md, zero)})
     result["per_model"] = per_model
     return result
+
+
+def stage_summary(layers: Sequence[LayerStats]) -> list[dict[str, Any]]:
+    """Per stage (in network order): GCT layers, channels, mean gamma and share of gamma > 0, over all
+    channels (and pooled models) of the stage's layers."""
+    out: list[dict[str, Any]] = []
+    for stage in dict.fromkeys(l.stage for l in layers):
+        group = [l for l in layers if l.stage == stage]
+        gamma = torch.cat([l.values["gamma"].reshape(-1) for l in group])
+        out.append(
+            {
+                "stage": stage,
+                "layers": [group[0].index + 1, group[-1].index + 1],
+                "channels": sum(l.channels for l in group),
+                "gamma_mean": gamma.mean().item(),
+                "gamma_positive": (gamma > 0).double().mean().item(),
+            }
+        )
+    return out
