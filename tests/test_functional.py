@@ -241,3 +241,27 @@ def test_meta_tensors_give_shapes():
     params = [torch.empty(3, device="meta") for _ in range(3)]
     y = gct(x, *params)
     assert y.shape == x.shape and y.dtype == torch.float16 and y.device.type == "meta"
+
+
+@pytest.mark.parametrize("mode,after_relu", MODES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_chunked_reductions_agree(monkeypatch, mode, after_relu, channels_last, dtype):
+    """Forcing tiny chunks (many partial reductions) changes nothing: forward and gradients."""
+    import gctnet.functional as F
+
+    x0 = make_input((3, 5, 6, 7), after_relu, channels_last=channels_last).to(dtype)
+    results = []
+    for chunk in (1 << 20, 37):
+        monkeypatch.setattr(F, "_CHUNK_ELEMS", chunk)
+        x = x0.clone().requires_grad_()
+        params = random_params(5, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
+        y = gct(x, *params, 1e-5, mode, after_relu)
+        y.float().pow(2).sum().backward()
+        results.append([y, x.grad] + [p.grad for p in params])
+    tol = 1e-12 if dtype == torch.float64 else 2e-3
+    for a, b in zip(*results):
+        assert torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    ref = official(x0.double(), *[p.double() for p in random_params(5, dtype=pdtype)], 1e-5, mode, after_relu)
+    assert torch.allclose(results[1][0].double(), ref, atol=1e-10 if dtype == torch.float64 else 0.05, rtol=2e-3)

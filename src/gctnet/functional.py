@@ -330,6 +330,14 @@ class _GCTFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    def recompute_output(ctx) -> Tensor:
+        """``gct(x)`` again from the saved tensors: one pointwise pass, no reduction (used by the
+        lean-memory GCT+conv path of :mod:`gctnet.surgery`)."""
+        x, t = ctx.saved_tensors[0], ctx.saved_tensors[4]
+        with _no_autocast(x.device.type):
+            return _scale(x, 1.0 + t)
+
+    @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation

@@ -21,6 +21,7 @@ class SavedBytes:
     total: int  # bytes of unique storages saved for backward
     count: int  # number of unique storages
     largest: int  # bytes of the largest saved storage
+    sizes: tuple[int, ...] = ()  # bytes of each unique saved storage, in saving order
 
     def per(self, n: int) -> float:
         return self.total / max(n, 1)
@@ -58,4 +59,4 @@ def saved_tensor_bytes(
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     sizes = list(seen.values())
-    return out, SavedBytes(total=sum(sizes), count=len(sizes), largest=max(sizes, default=0))
+    return out, SavedBytes(total=sum(sizes), count=len(sizes), largest=max(sizes, default=0), sizes=tuple(sizes))
