@@ -55,7 +55,7 @@ def test_tiny_plain_net_hand_count():
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_tiny_gct_net_hand_count(batch_size):
-    info = model_info(apply_gct(_tiny()), (2, 6, 6), batch_size=batch_size)
+    info = model_info(apply_gct(_tiny(), checkpoint=False), (2, 6, 6), batch_size=batch_size)
     assert info.gct_modules == 2
     assert info.gct_params == 3 * (2 + 4)
     assert info.params == TINY_PARAMS + 18
@@ -76,21 +76,24 @@ def test_gct_is_not_zero_unlike_the_stock_counter():
     assert info.gct_macs > 0 and info.macs - info.gct_macs == TINY_CONV_LINEAR_MACS
 
 
-def test_checkpointed_gct_saves_no_gated_copies():
-    info = model_info(apply_gct(_tiny(), checkpoint=True), (2, 6, 6))
+@pytest.mark.parametrize("kwargs", [{}, {"checkpoint": True}])
+def test_checkpointed_gct_saves_no_gated_copies(kwargs):
+    info = model_info(apply_gct(_tiny(), **kwargs), (2, 6, 6))  # checkpoint=True is the default
     assert 0 <= info.saved_bytes_per_image - TINY_SAVED <= 4 * 4 * (2 + 4)
 
 
 def test_checkpointed_gct_via_model_kwargs_and_cli(capsys):
     plain = model_info("resnet20", (1, 16, 16), batch_size=2)
-    ckpt = model_info("gct_resnet20", (1, 16, 16), batch_size=2, model_kwargs={"gct_kwargs": {"checkpoint": True}})
+    ckpt = model_info("gct_resnet20", (1, 16, 16), batch_size=2)
     assert ckpt.gct_modules == 21
     assert 0 <= ckpt.saved_bytes_per_image - plain.saved_bytes_per_image <= 16 * 673  # statistics only
+    full = model_info("gct_resnet20", (1, 16, 16), batch_size=2, model_kwargs={"gct_kwargs": {"checkpoint": False}})
+    assert full.saved_bytes_per_image - plain.saved_bytes_per_image >= 4 * full.gct_activation_elements
     argv = ["info", "resnet20", "gct_resnet20", "--input-size", "1,16,16", "--batch-size", "2"]
-    assert main(argv + ["--gct-checkpoint", "--json"]) == 0
+    assert main(argv + ["--no-gct-checkpoint", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == ["resnet20", "gct_resnet20 (ckpt)"]
-    assert rows[1]["saved_bytes_per_image"] == ckpt.saved_bytes_per_image
+    assert [r["name"] for r in rows] == ["resnet20", "gct_resnet20 (no ckpt)"]
+    assert rows[1]["saved_bytes_per_image"] == full.saved_bytes_per_image
 
 
 def _torchvision_resnet50_by_hand(hw: int = 224):
@@ -128,7 +131,9 @@ def test_resnet50_paper_numbers():
 
 
 def test_cifar_saved_bytes_grow_with_gct_placement():
-    plain, full, block = compare_models(["resnet20", "gct_resnet20", "gct_resnet20_block"], (1, 28, 28), batch_size=2)
+    names = ["resnet20", "gct_resnet20", "gct_resnet20_block"]
+    no_ckpt = {"gct_kwargs": {"checkpoint": False}}
+    plain, full, block = (model_info(n, (1, 28, 28), batch_size=2, model_kwargs=None if n == "resnet20" else no_ckpt) for n in names)
     assert plain.gct_modules == 0 and full.gct_modules == 21 and block.gct_modules == 9
     # every GCT keeps its input and the conv keeps the gated copy: + 4 bytes per element, + statistics
     assert 0 <= full.saved_bytes_per_image - plain.saved_bytes_per_image - 4 * full.gct_activation_elements <= 16 * 673

@@ -136,10 +136,10 @@ def test_parse_model_specs():
 
 def test_bench_model_structure_and_ratios():
     result = M.bench_model(
-        ["resnet20", "gct_resnet20", "gct_resnet20:checkpoint"], (1, 8, 8), batch_size=4, repeats=2, warmup=0
+        ["resnet20", "gct_resnet20:checkpoint=false", "gct_resnet20"], (1, 8, 8), batch_size=4, repeats=2, warmup=0
     )
-    assert [r.label for r in result.rows] == ["resnet20", "gct_resnet20", "gct_resnet20:checkpoint"]
-    first, gct, ckpt = result.rows
+    assert [r.label for r in result.rows] == ["resnet20", "gct_resnet20:checkpoint=false", "gct_resnet20"]
+    first, gct, ckpt = result.rows  # gct: conv keeps the GCT output; ckpt: the default lean path
     assert first.train_ratio == 1.0 and first.infer_ratio == 1.0 and first.saved_ratio == 1.0
     for r in result.rows:
         assert _positive(r.train_ms) and _positive(r.infer_ms) and _positive(r.train_ratio)

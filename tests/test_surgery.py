@@ -385,7 +385,7 @@ def _mixed_model(dtype=torch.float64) -> nn.Module:
 
 def test_checkpoint_gradients_equal_plain_gct_path():
     torch.manual_seed(0)
-    model = apply_gct(_mixed_model())
+    model = apply_gct(_mixed_model(), checkpoint=False)
     _randomise(model)
     lean = apply_gct(copy.deepcopy(model), checkpoint=True)
     x = torch.randn(2, 3, 64, dtype=torch.float64)
@@ -420,7 +420,7 @@ def test_checkpoint_saves_less_memory_and_matches_under_autocast():
 
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-    gct = apply_gct(copy.deepcopy(plain))
+    gct = apply_gct(copy.deepcopy(plain), checkpoint=False)
     _randomise(gct)
     lean = apply_gct(copy.deepcopy(gct), checkpoint=True)
     x = torch.randn(2, 3, 16, 16)
@@ -447,7 +447,7 @@ def test_resnet50_checkpoint_saved_bytes_ratio(resnet50_plain):
 
     x = torch.randn(1, 3, 64, 64)
     sizes = {}
-    for name, kwargs in (("plain", None), ("gct", {}), ("lean", {"checkpoint": True})):
+    for name, kwargs in (("plain", None), ("gct", {"checkpoint": False}), ("lean", {})):
         model = copy.deepcopy(resnet50_plain).train()
         if kwargs is not None:
             apply_gct(model, **kwargs)
@@ -458,6 +458,8 @@ def test_resnet50_checkpoint_saved_bytes_ratio(resnet50_plain):
 
 def test_checkpoint_flag_can_be_toggled_and_is_reported():
     model = apply_gct(_mixed_model(torch.float32))
+    assert model.c2.gct_checkpoint and model.gct_report.checkpoint  # lean memory is the default
+    apply_gct(model, checkpoint=False)
     assert not model.c2.gct_checkpoint and not model.gct_report.checkpoint
     apply_gct(model, checkpoint=True)
     assert model.c2.gct_checkpoint and model.gct_report.checkpoint

@@ -16,7 +16,7 @@ How a conv is changed:
 * a conv *subclass* (timm's ``Conv2dSame``/``StdConv2d``, QAT convs, ...) keeps its class and forward;
   it gets the ``gct`` child plus a forward pre-hook that gates its input.
 
-``checkpoint=True`` (re-classed convs) uses a fused GCT+conv autograd function that saves only the
+``checkpoint=True`` (the default; re-classed convs) uses a fused GCT+conv autograd function that saves only the
 GCT's input ``x`` and per-(sample, channel) statistics and recomputes ``gct(x)`` in the backward pass,
 so the gated activation is not kept alive for the conv: GCT then adds almost no saved-activation
 memory.  Under ``torch.compile``, ``torch.export``, ``torch.fx`` and TorchScript/ONNX tracing the plain
@@ -412,7 +412,7 @@ def apply_gct(
     *,
     placement: str = "all",
     skip: SkipSpec = None,
-    checkpoint: bool = False,
+    checkpoint: bool = True,
     skip_attention: bool = True,
     **gct_kwargs: Any,
 ) -> nn.Module:
@@ -427,8 +427,11 @@ def apply_gct(
             with a ``gct_block_conv = "<child conv name>"`` attribute).
         skip: convs to leave alone: a predicate ``(qualified_name, conv) -> bool``, an fnmatch pattern or
             a list of patterns matched against the conv's qualified name (e.g. ``["conv1", "layer4.*"]``).
-        checkpoint: lean memory: recompute each GCT output in the backward pass instead of keeping it
-            alive for the conv (see module docstring).  Calling again with another value updates it.
+        checkpoint: lean memory (default ``True``): the GCT output is not kept alive for the conv; the
+            backward rebuilds it from ``x`` and the per-(n, c) gate (one pointwise pass).  Saved activations
+            stay at the plain network's level (ResNet-50: 1.003x instead of 1.50x) for a few percent of
+            step time.  ``False`` composes ``conv(gct(x))`` plainly (needed only for double backward).
+            Calling again with another value updates it.
         skip_attention: skip kernel-1 convs inside channel-attention modules (SE's FC convs), which see
             1x1 inputs (default True; see :func:`is_attention_conv`).
         **gct_kwargs: passed to :class:`gctnet.GCT` (``eps``, ``mode``, ``after_relu``).

@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's default)")
     parser.add_argument(
-        "--gct-checkpoint", action="store_true",
-        help="build gct_ models with apply_gct(checkpoint=True): GCT outputs recomputed in backward, not saved",
+        "--no-gct-checkpoint", dest="gct_checkpoint", action="store_false",
+        help="build gct_ models with apply_gct(checkpoint=False): each conv keeps the GCT output for backward "
+        "(default: the lean-memory path that recomputes it)",
     )  # fmt: skip
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -68,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
             entry = get_model_entry(name)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if args.gct_checkpoint and name.startswith("gct_"):
+        if not args.gct_checkpoint and name.startswith("gct_"):
             if "gct_kwargs" not in inspect.signature(entry.fn).parameters:
-                raise UsageError(f"--gct-checkpoint: model {name!r} does not take gct_kwargs")
-            model_kwargs[name] = {"gct_kwargs": {"checkpoint": True}}
+                raise UsageError(f"--no-gct-checkpoint: model {name!r} does not take gct_kwargs")
+            model_kwargs[name] = {"gct_kwargs": {"checkpoint": False}}
 
     rows = []
     for name in args.models:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:  # e.g. an input too small for the model, BatchNorm with batch 1
             raise UsageError(f"{name}: {exc}") from None
-        rows.append(replace(info, name=f"{name} (ckpt)") if name in model_kwargs else info)
+        rows.append(replace(info, name=f"{name} (no ckpt)") if name in model_kwargs else info)
     if args.json:
         json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")
