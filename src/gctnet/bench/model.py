@@ -12,9 +12,10 @@ reports medians and ratios to the *first* model:
 Options: ``compile`` (``torch.compile`` each model; compile time reported separately), ``amp``
 (autocast: bfloat16 on CPU, float16 with a gradient scaler on CUDA), ``channels_last``, ``device``.
 
-A model spec is a registry name, optionally with GCT options after a colon, joined by ``+``:
-``gct_resnet20:checkpoint`` (the lean-memory option of :func:`gctnet.apply_gct`) or
-``gct_resnet20:mode=l1+after_relu``.
+A model spec is a registry name, optionally with GCT options after a colon, joined by ``+`` (passed
+to :func:`gctnet.apply_gct`): ``gct_resnet20`` uses the default lean-memory path (``checkpoint=True``),
+``gct_resnet20:checkpoint=false`` the plain ``conv(gct(x))`` composition whose conv keeps the GCT output
+for backward, ``gct_resnet20:mode=l1+after_relu`` another variant.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ __all__ = [
     "bench_model",
 ]
 
-DEFAULT_MODELS = ("resnet20", "gct_resnet20", "se_resnet20")
+#: plain, SE, GCT (default: lean memory) and GCT whose conv keeps the gated input (no memory saving)
+DEFAULT_MODELS = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20:checkpoint=false")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ DEFAULT_MODELS = ("resnet20", "gct_resnet20", "se_resnet20")
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    label: str  # as given, e.g. "gct_resnet20:checkpoint"
+    label: str  # as given, e.g. "gct_resnet20:checkpoint=false"
     name: str  # registry name
     gct_kwargs: Tuple[Tuple[str, Any], ...] = ()
 
@@ -76,7 +78,7 @@ def _value(text: str) -> Any:
 
 
 def parse_model_specs(models: str | Sequence[str]) -> List[ModelSpec]:
-    """``"resnet20,gct_resnet20:checkpoint"`` (or a list) -> :class:`ModelSpec` list (names checked)."""
+    """``"resnet20,gct_resnet20:checkpoint=false"`` (or a list) -> :class:`ModelSpec` list (names checked)."""
     from ..models import list_models
 
     items = [m.strip() for m in models.split(",")] if isinstance(models, str) else [str(m).strip() for m in models]

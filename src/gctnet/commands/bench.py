@@ -3,8 +3,11 @@
   gctnet bench layer [--shape 16,256,56,56] [--dtype float32] [--channels-last] [--mode l2]
       GCT implementations (reference formula, gctnet eager, Triton on CUDA, torch.compile) against a
       per-channel multiply x * w; forward and forward+backward; saved-for-backward bytes.
-  gctnet bench model [--models resnet20,gct_resnet20,se_resnet20] [--input-size 1,28,28] [--compile]
+  gctnet bench model [--models resnet20,se_resnet20,gct_resnet20,gct_resnet20:checkpoint=false]
+                     [--input-size 1,28,28] [--compile]
       train-step time, inference time and saved activations per image; ratios to the first model.
+      gct_ models use apply_gct's default lean-memory path; ':checkpoint=false' is the plain
+      conv(gct(x)) composition (the conv keeps the GCT output for backward).
   gctnet bench all [--markdown BENCHMARKS.md] [--no-compile]
       the standard configurations of both (plus saved activations of ResNet-50 variants) and a
       markdown report with the machine description and this command.
@@ -33,10 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="include the Triton kernels (default: on CUDA only; CPU needs TRITON_INTERPRET=1)")
     _common(layer, repeats=20)
 
+    from ..bench.model import DEFAULT_MODELS
+
+    default_models = ",".join(DEFAULT_MODELS)
     model = sub.add_parser("model", help="train/inference time and saved activations of several models")
-    model.add_argument("--models", default="resnet20,gct_resnet20,se_resnet20",
-                       help="comma-separated registry names, ratios to the first; GCT options after ':' joined "
-                       "by '+', e.g. gct_resnet20:checkpoint (default resnet20,gct_resnet20,se_resnet20)")
+    model.add_argument("--models", default=default_models,
+                       help="comma-separated registry names, ratios to the first; GCT options (passed to apply_gct) "
+                       "after ':' joined by '+', e.g. gct_resnet20:checkpoint=false (conv keeps the GCT output; "
+                       f"gct_ models default to the lean-memory path) or gct_resnet20:mode=l1 (default {default_models})")
     model.add_argument("--input-size", default="1,28,28", help="C,H,W of one image (default 1,28,28)")
     model.add_argument("--batch-size", type=int, default=128, help="default 128")
     model.add_argument("--num-classes", type=int, default=10, help="default 10")
