@@ -552,7 +552,7 @@ def run(
         try:
             train.run(_make_config(model, seed, path, options, st))
         except KeyboardInterrupt:
-            say(f"compare: interrupted during {model} seed {seed}; run the same command again to continue")
+            say(f"compare: interrupted during {model} seed {seed}; calling compare again continues it")
             raise
         durations.append(time.perf_counter() - t0)
         trained += 1

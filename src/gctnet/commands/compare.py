@@ -95,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
         )
     except (compare.CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
         raise UsageError(str(exc)) from exc
-    except TrainingInterrupted as exc:
-        print(f"gctnet compare: {exc}", file=sys.stderr)
+    except TrainingInterrupted as exc:  # the engine saved last.pt; the same command resumes it
+        print(
+            f"gctnet compare: interrupted; {exc.run_dir} saved its progress. Run the same gctnet compare "
+            "command again to continue.",
+            file=sys.stderr,
+        )
         return 128 + int(exc.signum)
     except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
         print(f"gctnet compare: error: {exc}", file=sys.stderr)
