@@ -97,8 +97,8 @@ class EpochProgress:
     def update(self, step: int, loss: float, acc: float, images_per_sec: float) -> None:
         """``step`` = batches done in this epoch (absolute, including skipped-over ones on resume)."""
         if self.bar is not None:
-            self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}%", img_s=f"{images_per_sec:.0f}", refresh=False)
+            self.bar.update(step - self.bar.n)  # refreshes (postfix included) at tqdm's own pace
         elif self.log_interval and self.logger.enabled and (step % self.log_interval == 0 or step == self.total):
             done = step - self.initial
             elapsed = time.perf_counter() - self.start
