@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=S, help="registered model name (default: resnet20; see gctnet info --list)")
     g.add_argument("--model-kwargs", nargs="+", type=_kv, metavar="KEY=VALUE", default=S,
                    help="extra builder arguments, e.g. width=2 (values parsed as Python literals)")
+    g.add_argument("--init-from", default=S, metavar="PATH",
+                   help="start from these weights: a run folder, checkpoint, state_dict or .safetensors file "
+                        "(a plain network's weights load into its gct_ variant; ignored with --resume)")
     g.add_argument("--data", "--dataset", dest="data", default=S,
                    help="fashion_mnist (default) or imagefolder:PATH (PATH/train/<class>/..., PATH/val/<class>/...)")
     g.add_argument("--data-dir", default=S, help="folder with the Fashion-MNIST files (else $GCTNET_DATA, system path)")

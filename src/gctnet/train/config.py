@@ -42,6 +42,9 @@ class TrainConfig:
     # model
     model: str = "resnet20"
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # initial weights (ignored when resuming): a run folder, a gctnet checkpoint, a state_dict file or a
+    # .safetensors file; a plain network's weights load into its gct_ variant (only GCT keys may be missing)
+    init_from: Optional[str] = None
     # data
     data: str = "fashion_mnist"
     data_dir: Optional[str] = None
@@ -160,6 +163,10 @@ class TrainConfig:
         need(self.dist_timeout > 0, f"dist_timeout must be positive seconds, got {self.dist_timeout}")
         need(self.log_interval >= 0, f"log_interval must be >= 0, got {self.log_interval}")
         need(not (self.overwrite and self.resume), "overwrite and resume exclude each other")
+        need(self.init_from is None or (isinstance(self.init_from, str) and bool(self.init_from)),
+             f"init_from must be a path (run folder, checkpoint or weights file), got {self.init_from!r}")
+        need(self.init_from is None or bool(self.resume) or Path(self.init_from).expanduser().exists(),
+             f"init_from {self.init_from!r} does not exist (expected a run folder, a checkpoint or a weights file)")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self

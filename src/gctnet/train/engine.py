@@ -61,6 +61,7 @@ __all__ = [
     "METRICS_COLUMNS",
     "RUN_FILES",
     "resolve_amp",
+    "load_init_weights",
 ]
 
 METRICS_COLUMNS = (
@@ -192,6 +193,26 @@ def run(config: TrainConfig) -> Dict[str, Any]:
             distributed.teardown(ctx)
 
 
+def load_init_weights(model: nn.Module, source: "str | Path") -> Any:
+    """Load the starting weights ``source`` (``TrainConfig.init_from``) into ``model``.
+
+    ``source`` is a run folder or gctnet checkpoint (its ``last.pt``/``model`` weights), a state_dict
+    file (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` file.  Loading goes through
+    :func:`gctnet.surgery.load_plain_weights`, so a plain network's weights load into its ``gct_``
+    variant (its fresh GCTs stay the identity); any other missing, unexpected or mis-shaped key is a
+    :class:`ConfigError`.  Returns the :class:`gctnet.surgery.LoadResult`.
+    """
+    from ..surgery import load_plain_weights
+    from .checkpoint import checkpoint_kind
+
+    path = Path(source).expanduser()
+    try:
+        state: Any = load_checkpoint(path, which="last")["model"] if checkpoint_kind(path) == "gctnet" else path
+        return load_plain_weights(model, state, strict=True)
+    except (RuntimeError, ValueError, TypeError, FileNotFoundError) as exc:
+        raise ConfigError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -255,6 +276,8 @@ class _Trainer:
 
         self.model_kwargs = {"num_classes": self.info.num_classes, "in_chans": self.info.in_chans, **cfg.model_kwargs}
         self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        if cfg.init_from and not cfg.resume:  # a resumed run takes its weights from last.pt
+            load_init_weights(self.model, cfg.init_from)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and ctx.distributed:

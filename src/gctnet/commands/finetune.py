@@ -1,0 +1,93 @@
+"""The paper's fine-tuning experiment: insert GCT into a trained plain network (it starts as the
+identity, so the accuracy is unchanged: checked exactly) and fine-tune it, against fine-tuning the
+plain network with the same recipe and seed.
+
+Without --plain a plain network is trained per seed into OUT/pretrain/seed<k> (the preset's settings
+plus any `gctnet train` option given here).  Fine-tuning runs go to OUT/finetune/<model>/seed<k>/;
+finished runs are skipped and interrupted ones resumed, so the same command continues.  OUT/finetune.md
+holds the table (before/after accuracy per seed, differences, mean +- std) and the plot.
+
+Examples:
+  gctnet finetune --seeds 3 --finetune-epochs 2 --out runs/ft                 # pretrain + fine-tune
+  gctnet finetune --plain runs/resnet20 --seeds 0,1 --out runs/ft-given      # start from a trained run
+  gctnet finetune --gct-model gct_resnet20_block --finetune-option sched=constant --out runs/ft-block
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+from . import UsageError
+
+_TRAIN_GROUP = "pretraining options (only without --plain; override the preset)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..compare import PRESETS
+    from .compare import _train_actions
+    from .train import _kv
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--plain", default=None, metavar="RUN_OR_CHECKPOINT",
+                        help="a trained plain network (gctnet run folder or checkpoint), used for every seed; "
+                             "default: train one per seed into OUT/pretrain/seed<k>")
+    parser.add_argument("--model", default="resnet20", help="plain model to pretrain (default resnet20; "
+                        "with --plain the checkpoint names it)")
+    parser.add_argument("--gct-model", default=None, help="GCT variant to fine-tune (default gct_<model>)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma list of seeds (0,1,2) or a count N meaning 0..N-1 (default: the preset's)")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder (default runs/finetune)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="default seeds and pretraining settings (see gctnet compare --help)")
+    parser.add_argument("--finetune-epochs", type=int, default=3, metavar="N", help="fine-tuning epochs (default 3)")
+    parser.add_argument("--lr-factor", type=float, default=0.1,
+                        help="fine-tuning lr as a fraction of the pretraining lr (default 0.1)")
+    parser.add_argument("--finetune-option", dest="finetune_options", nargs="+", type=_kv, default=[],
+                        metavar="KEY=VALUE", help="TrainConfig fields overriding the fine-tuning recipe, "
+                        "e.g. sched=constant batch_size=64 (values parsed as Python literals)")
+    group = parser.add_argument_group(_TRAIN_GROUP)
+    for action in _train_actions():
+        if action.dest == "model":
+            continue
+        action = copy.copy(action)
+        action.default = argparse.SUPPRESS
+        action.required = False
+        group._add_action(action)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import finetune
+    from ..compare import CompareError, parse_seeds
+    from ..data import BadImageError, DatasetNotFoundError
+    from ..train import NonFiniteLossError, TrainingInterrupted
+    from ..train.config import ConfigError
+    from .compare import train_options_from_args
+
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    except CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    pretrain = train_options_from_args(args)
+    if args.plain is not None and pretrain:
+        raise UsageError(f"pretraining options ({', '.join(sorted(pretrain))}) cannot be combined with --plain "
+                         "(the given network is already trained; use --finetune-option to change the fine-tuning)")
+    try:
+        result = finetune.run(
+            args.plain, model=args.model, gct_model=args.gct_model, seeds=seeds, out=args.out, preset=args.preset,
+            pretrain_options=pretrain or None, finetune_epochs=args.finetune_epochs, lr_factor=args.lr_factor,
+            finetune_options=dict(args.finetune_options),
+        )
+    except (CompareError, ConfigError) as exc:
+        raise UsageError(str(exc)) from exc
+    except TrainingInterrupted as exc:
+        print(f"gctnet finetune: interrupted; {exc.run_dir} saved its progress. Run the same gctnet finetune "
+              "command again to continue.", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
+        print(f"gctnet finetune: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"table: {result.paths['md']}")
+    return 0
