@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,7 +36,7 @@ from .. import functional as F
 from .. import kernels
 from ..layers import GCT
 from .memory import _storage_key, saved_tensor_bytes
-from .report import Timing, format_table, interleaved_times, markdown_table, noise_note
+from .report import BenchmarkResult, Timing, interleaved_times, noise_note
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -187,20 +187,16 @@ class LayerRow:
 
 
 @dataclass
-class LayerBenchmark:
+class LayerBenchmark(BenchmarkResult):
     config: LayerConfig
     input_bytes: int
     rows: List[LayerRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
-    def row(self, name: str) -> LayerRow:
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(f"no benchmark row {name!r}; rows: {[r.name for r in self.rows]}")
+    row_key = "name"
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+    def row(self, name: str) -> LayerRow:
+        return super().row(name)
 
     def table(self) -> Tuple[List[str], List[List[Any]]]:
         headers = [
@@ -223,13 +219,6 @@ class LayerBenchmark:
         shape = "x".join(str(v) for v in c.shape)
         return f"GCT layer {shape} {c.dtype} {fmt} mode={c.mode} on {c.device}, median of {c.repeats}"
 
-    def format(self) -> str:
-        text = self.title() + "\n" + format_table(*self.table())
-        return text + "".join(f"\nnote: {n}" for n in self.notes)
-
-    def markdown(self) -> str:
-        text = f"**{self.title()}**\n\n" + markdown_table(*self.table())
-        return text + "".join(f"\n\n_note: {n}_" for n in self.notes)
 
 
 def _fmt(v: Optional[float], digits: int, suffix: str = "") -> Optional[str]:

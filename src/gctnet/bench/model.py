@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
-from .report import Timing, format_table, interleaved_times, markdown_table, noise_note, synchronize
+from .report import BenchmarkResult, Timing, interleaved_times, noise_note, synchronize
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -139,19 +139,15 @@ class ModelRow:
 
 
 @dataclass
-class ModelBenchmark:
+class ModelBenchmark(BenchmarkResult):
     config: ModelBenchConfig
     rows: List[ModelRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
-    def row(self, label: str) -> ModelRow:
-        for r in self.rows:
-            if r.label == label:
-                return r
-        raise KeyError(f"no benchmark row {label!r}; rows: {[r.label for r in self.rows]}")
+    row_key = "label"
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+    def row(self, label: str) -> ModelRow:
+        return super().row(label)
 
     def table(self) -> Tuple[List[str], List[List[Any]]]:
         headers = [
@@ -178,13 +174,6 @@ class ModelBenchmark:
         mode = ", ".join(opts) if opts else "eager"
         return f"models at {size}, batch {c.batch_size}, {mode}, on {c.device}, median of {c.repeats}"
 
-    def format(self) -> str:
-        text = self.title() + "\n" + format_table(*self.table())
-        return text + "".join(f"\nnote: {n}" for n in self.notes)
-
-    def markdown(self) -> str:
-        text = f"**{self.title()}**\n\n" + markdown_table(*self.table())
-        return text + "".join(f"\n\n_note: {n}_" for n in self.notes)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +29,7 @@ __all__ = [
     "noise_note",
     "format_table",
     "markdown_table",
+    "BenchmarkResult",
     "Target",
     "SuiteResult",
     "bench_all",
@@ -201,6 +202,47 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     sep = "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join([head, sep, *body])
+
+
+class BenchmarkResult:
+    """Shared behaviour of a benchmark's result dataclass (``rows``, ``notes``, ``table()``, ``title()``).
+
+    Subclasses are dataclasses with the fields ``rows`` (row objects) and ``notes`` (strings) and set
+    :attr:`row_key`, the attribute that names a row; they implement :meth:`table` and :meth:`title`.
+    """
+
+    row_key: ClassVar[str] = "name"
+    rows: List[Any]
+    notes: List[str]
+
+    def row(self, key: str) -> Any:
+        """The row whose :attr:`row_key` attribute equals ``key`` (``KeyError`` listing the rows otherwise)."""
+        for r in self.rows:
+            if getattr(r, self.row_key) == key:
+                return r
+        names = [getattr(r, self.row_key) for r in self.rows]
+        raise KeyError(f"no benchmark row {key!r}; rows: {names}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    def table(self) -> Tuple[List[str], List[List[Any]]]:
+        """Column headers and rows of cells."""
+        raise NotImplementedError
+
+    def title(self) -> str:
+        """One line describing what was measured."""
+        raise NotImplementedError
+
+    def format(self) -> str:
+        """The title, a plain-text table and the notes."""
+        text = self.title() + "\n" + format_table(*self.table())
+        return text + "".join(f"\nnote: {n}" for n in self.notes)
+
+    def markdown(self) -> str:
+        """The title, a markdown table and the notes."""
+        text = f"**{self.title()}**\n\n" + markdown_table(*self.table())
+        return text + "".join(f"\n\n_note: {n}_" for n in self.notes)
 
 
 # --------------------------------------------------------------------------------------------------
