@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gctnet import GCT
-from gctnet.optim import no_weight_decay, param_groups
+from gctnet.optim import no_weight_decay, optimizer_step, param_groups
 
 
 class _Decoy(nn.Module):
@@ -117,3 +117,21 @@ def test_bad_weight_decay_type_and_policy():
         no_weight_decay(_model(), "beta")
     with pytest.raises(TypeError, match="nn.Module"):
         param_groups([nn.Parameter(torch.ones(1))], 1e-4)  # type: ignore[arg-type]
+
+
+def test_optimizer_step_clears_stale_gradients_and_steps():
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = torch.optim.SGD([w], lr=0.5)
+    w.grad = torch.full_like(w, 100.0)  # stale: must not be accumulated into this step
+    optimizer_step((w * torch.tensor([1.0, -2.0])).sum(), opt)
+    torch.testing.assert_close(w.detach(), torch.tensor([0.5, 3.0]))
+    torch.testing.assert_close(w.grad, torch.tensor([1.0, -2.0]))
+
+
+def test_optimizer_step_with_scaler_unscales_before_stepping():
+    w = nn.Parameter(torch.tensor([1.0]))
+    opt = torch.optim.SGD([w], lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer_step((3.0 * w).sum(), opt, scaler)
+    torch.testing.assert_close(w.detach(), torch.tensor([-0.5]))  # 1 - 0.5 * 3, not scaled by 1024
+    assert scaler.get_scale() > 0

@@ -23,13 +23,14 @@ not put in any group.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+import torch
 from torch import nn
 
 from .layers import GCT
 
-__all__ = ["POLICIES", "param_groups", "no_weight_decay"]
+__all__ = ["POLICIES", "param_groups", "no_weight_decay", "optimizer_step"]
 
 POLICIES = ("paper", "none", "all")
 _GCT_NO_DECAY = {"paper": frozenset({"beta"}), "none": frozenset({"alpha", "gamma", "beta"}), "all": frozenset()}
@@ -105,3 +106,20 @@ def no_weight_decay(model: nn.Module, policy: str = "paper", *, norm_bias_decay:
     """Full names of the parameters that get no weight decay under ``policy`` (frozen ones included),
     e.g. for timm's ``model.no_weight_decay()`` hook or mmengine ``paramwise_cfg.custom_keys``."""
     return {name for name, _, decayed in _decay_flags(model, policy, norm_bias_decay) if not decayed}
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """One update from ``loss``: clear the gradients, backpropagate, step ``optimizer``.
+
+    With a gradient ``scaler`` (float16 autocast) the loss is scaled for backward and the scaler steps
+    the optimizer and updates its scale.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()

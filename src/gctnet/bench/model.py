@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..optim import optimizer_step
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
 from .report import BenchmarkResult, Timing, interleaved_times, noise_note, synchronize
@@ -200,14 +201,7 @@ class _Runner:
         self.model.train()
         with _autocast(self.device, self.amp):
             loss = nn.functional.cross_entropy(self.model(self.x), self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        optimizer_step(loss, self.optimizer, self.scaler)
 
     def infer(self) -> None:
         self.model.eval()

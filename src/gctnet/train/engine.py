@@ -36,6 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import TensorImageDataset, dataset_info, load_dataset, make_batches
 from ..data.loaders import batch_seed
+from ..optim import optimizer_step
 from . import distributed
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -493,14 +494,7 @@ class _Trainer:
                 with autocast:
                     logits = self.train_model(x)
                     loss = self.criterion(logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    loss.backward()
-                    self.optimizer.step()
+                optimizer_step(loss, self.optimizer, self.scaler)
                 with torch.no_grad():
                     loss_d = loss.detach().float()
                     nonfinite += (~torch.isfinite(loss_d)).int()
