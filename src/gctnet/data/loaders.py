@@ -41,12 +41,14 @@ def collate_skip_none(samples: List[Any]) -> Tuple[Optional[Tensor], Optional[Te
     return x, y, skipped
 
 
-class TensorBatches:
-    """Batches of an in-memory dataset, see the module docstring."""
+class _IndexBatches:
+    """What every batch iterator here shares: the indices, the batch size, where to start, the seed key.
+
+    Keyword options (``drop_last``, ``seed_key``, ``start_batch``) as for :func:`make_batches`.
+    """
 
     def __init__(
         self,
-        dataset: TensorImageDataset,
         indices: Sequence[int] | Tensor,
         batch_size: int,
         *,
@@ -54,13 +56,22 @@ class TensorBatches:
         seed_key: Sequence[int] = (0,),
         start_batch: int = 0,
     ) -> None:
-        self.dataset = dataset
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size = int(batch_size)
         self.drop_last = drop_last
         self.seed_key = tuple(seed_key)
         self.start_batch = int(start_batch)
         self.skipped = 0
+
+
+class TensorBatches(_IndexBatches):
+    """Batches of an in-memory dataset, see the module docstring (options as for :func:`make_batches`)."""
+
+    def __init__(self, dataset: TensorImageDataset, indices: Sequence[int] | Tensor, batch_size: int, **options: Any) -> None:
+        super().__init__(indices, batch_size, **options)
+        self.dataset = dataset
 
     def _total(self) -> int:
         n = len(self.indices)
@@ -77,8 +88,11 @@ class TensorBatches:
             yield self.dataset.get_batch(idx, gen)
 
 
-class LoaderBatches:
-    """A DataLoader over ``indices`` of ``dataset`` yielding ``(x, y)``; counts skipped bad images."""
+class LoaderBatches(_IndexBatches):
+    """A DataLoader over ``indices`` of ``dataset`` yielding ``(x, y)``; counts skipped bad images.
+
+    Options (``drop_last``, ``seed_key``, ``start_batch``) as for :func:`make_batches`.
+    """
 
     def __init__(
         self,
@@ -86,28 +100,24 @@ class LoaderBatches:
         indices: Sequence[int] | Tensor,
         batch_size: int,
         *,
-        drop_last: bool = False,
-        seed_key: Sequence[int] = (0,),
-        start_batch: int = 0,
         workers: int = 0,
         pin_memory: bool = False,
+        **options: Any,
     ) -> None:
-        idx = [int(i) for i in torch.as_tensor(indices).tolist()]
-        idx = idx[int(start_batch) * int(batch_size) :]
+        super().__init__(indices, batch_size, **options)
         gen = torch.Generator()
-        gen.manual_seed(batch_seed(seed_key, start_batch))
+        gen.manual_seed(batch_seed(self.seed_key, self.start_batch))
         self.loader = DataLoader(
             dataset,
-            batch_size=int(batch_size),
-            sampler=idx,
-            drop_last=drop_last,
+            batch_size=self.batch_size,
+            sampler=self.indices[self.start_batch * self.batch_size :].tolist(),
+            drop_last=self.drop_last,
             num_workers=int(workers),
             collate_fn=collate_skip_none,
             pin_memory=pin_memory,
             generator=gen,
             persistent_workers=False,
         )
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -130,20 +140,13 @@ def make_batches(
     workers: int = 0,
     pin_memory: bool = False,
 ) -> "TensorBatches | LoaderBatches":
-    """The right batch iterator for ``dataset`` (in-memory: no workers needed)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    """The right batch iterator for ``dataset`` (in-memory: no workers needed).
+
+    ``indices`` are the samples of this epoch on this rank, in order; ``drop_last`` drops a last partial
+    batch; ``seed_key`` (e.g. seed, epoch, rank) seeds the augmentation (in-memory) or the worker RNG;
+    ``start_batch`` skips the first batches (resuming mid-epoch).
+    """
+    options = dict(drop_last=drop_last, seed_key=seed_key, start_batch=start_batch)
     if isinstance(dataset, TensorImageDataset):
-        return TensorBatches(
-            dataset, indices, batch_size, drop_last=drop_last, seed_key=seed_key, start_batch=start_batch
-        )
-    return LoaderBatches(
-        dataset,
-        indices,
-        batch_size,
-        drop_last=drop_last,
-        seed_key=seed_key,
-        start_batch=start_batch,
-        workers=workers,
-        pin_memory=pin_memory,
-    )
+        return TensorBatches(dataset, indices, batch_size, **options)
+    return LoaderBatches(dataset, indices, batch_size, workers=workers, pin_memory=pin_memory, **options)
