@@ -15,13 +15,7 @@ from gctnet.cli import main
 from gctnet.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small ops: on a loaded 2-core machine intra-op threads only oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 def _tiny() -> nn.Sequential:

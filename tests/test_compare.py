@@ -3,25 +3,17 @@ its numbers against the per-run results, skipping/resuming, and the CLI."""
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
 import gctnet
 from gctnet import compare
-from gctnet.data import find_fashion_mnist
+from helpers import read_csv, requires_fashion_mnist
 
-try:
-    find_fashion_mnist()
-    HAVE_DATA = True
-except FileNotFoundError:
-    HAVE_DATA = False
-
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST is not installed (see README: Data)")
+pytestmark = requires_fashion_mnist
 
 MODELS = ["resnet20", "gct_resnet20"]
 SEEDS = [0, 1]
@@ -37,11 +29,6 @@ def finished(tmp_path_factory):
     result = compare.run(MODELS, SEEDS, out, preset="demo", train_options=OPTIONS, log=lines.append,
                          analysis_images=64)
     return out, result, lines
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------------------ argument helpers

@@ -25,6 +25,7 @@ from gctnet.data import (
 )
 from gctnet.data import fashion_mnist as fm
 from gctnet.data.transforms import random_crop_flip
+from helpers import make_image_folder
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
@@ -187,11 +188,7 @@ def test_tensor_dataset_validates():
         TensorImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3), t)
 
 
-def test_real_fashion_mnist_if_installed():
-    try:
-        find_fashion_mnist()
-    except DatasetNotFoundError:
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_if_installed(fashion):
     train = load_dataset("fashion_mnist", "train")
     val = load_dataset("fashion_mnist", "val")
     assert (len(train), len(val)) == (60000, 10000)
@@ -201,22 +198,6 @@ def test_real_fashion_mnist_if_installed():
 
 
 # ---------------------------------------------------------------- ImageFolder
-
-
-def make_image_folder(root: Path, size: int = 16, per_class: int = 4, corrupt: bool = False) -> Path:
-    from PIL import Image
-
-    colours = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
-    for split in ("train", "val"):
-        for name, colour in colours.items():
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                img = Image.new("RGB" if i % 2 == 0 else "L", (size, size + i % 3), colour if i % 2 == 0 else 128)
-                img.save(d / f"{i}.png")
-    if corrupt:
-        (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    return root
 
 
 def test_imagefolder_small_images(tmp_path):

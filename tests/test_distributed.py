@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gctnet.data import DatasetNotFoundError, find_fashion_mnist
 from gctnet.train import evaluate_path
 from gctnet.train.distributed import DistContext, setup, shard
 
 TRAIN = ["train", "--model", "resnet20", "--model-kwargs", "width=0.25", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def fashion() -> None:
-    try:
-        find_fashion_mnist()
-    except DatasetNotFoundError:
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
 def _env() -> dict:

@@ -4,27 +4,19 @@ engine's ``init_from``."""
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
 from gctnet import finetune
 from gctnet.cli import main as cli_main
-from gctnet.data import find_fashion_mnist
 from gctnet.train import ConfigError, TrainConfig, load_checkpoint
 from gctnet.train.engine import load_init_weights
+from helpers import read_csv, requires_fashion_mnist
 
-try:
-    find_fashion_mnist()
-    HAVE_DATA = True
-except FileNotFoundError:
-    HAVE_DATA = False
-
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST is not installed (see README: Data)")
+pytestmark = requires_fashion_mnist
 
 SEEDS = [0, 1]
 # quarter-width ResNet-20s on 128 images: the machinery is under test, not the accuracy
@@ -39,11 +31,6 @@ def finished(tmp_path_factory):
     result = finetune.run(None, model="resnet20", seeds=SEEDS, out=out, pretrain_options=OPTIONS, finetune_epochs=1,
                           log=lines.append)
     return out, result, lines
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_files_exist(finished):
@@ -84,8 +71,7 @@ def test_table_numbers_equal_the_per_run_metrics(finished):
         assert float(row["plain_top5"]) == plain["final_top5"] and float(row["gct_top5"]) == gct["final_top5"]
         assert float(row["delta_top1"]) == pytest.approx(gct["final_top1"] - plain["final_top1"])
         assert float(row["gct_gain"]) == pytest.approx(gct["final_top1"] - float(row["before_gct_top1"]))
-        with open(finetune.finetune_dir(out, "gct_resnet20", seed) / "metrics.csv", newline="") as f:
-            last = list(csv.DictReader(f))[-1]
+        last = read_csv(finetune.finetune_dir(out, "gct_resnet20", seed) / "metrics.csv")[-1]
         assert float(last["val_top1"]) == gct["final_top1"]
     deltas = [float(r["delta_top1"]) for r in rows]
     assert result.summary["delta_top1"]["mean"] == pytest.approx(statistics.fmean(deltas))

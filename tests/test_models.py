@@ -15,13 +15,7 @@ from gctnet.models.se import se_hidden_channels
 from gctnet.surgery import gct_modules, load_plain_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; on a loaded 2-core machine intra-op threads only oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 OUR_FAMILIES = ("cifar_resnet", "torchvision")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from torch import nn
 
 from gctnet import GCT, list_models, register_model
 from gctnet.cli import main as cli_main
-from gctnet.data import DatasetNotFoundError, find_fashion_mnist, load_dataset
+from gctnet.data import load_dataset
 from gctnet.train import (
     METRICS_COLUMNS,
     ConfigError,
@@ -34,6 +33,7 @@ from gctnet.train import (
 )
 from gctnet.train import engine
 from gctnet.train.schedule import lr_factor
+from helpers import make_image_folder, read_csv
 
 # ---------------------------------------------------------------- a tiny model with a test hook
 
@@ -67,14 +67,6 @@ def _clear_hook():
     TRAIN_HOOK["fn"] = None
     yield
     TRAIN_HOOK["fn"] = None
-
-
-@pytest.fixture(scope="module")
-def fashion() -> None:
-    try:
-        find_fashion_mnist()
-    except DatasetNotFoundError:
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
 def tiny_config(out: Path, **kw: Any) -> TrainConfig:
@@ -116,8 +108,7 @@ def test_run_writes_all_outputs(tmp_path, fashion):
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "summary.json", "model.safetensors", "log.txt"):
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
-    with open(out / "metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and tuple(rows[0]) == METRICS_COLUMNS
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
 
@@ -208,7 +199,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion):
     a, b = load_pt(straight / "last.pt"), load_pt(stopped / "last.pt")
     assert_same_state(a["model"], b["model"])
     assert_same_optimizer(a["optimizer"], b["optimizer"])
-    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (straight, stopped)]
+    rows = [read_csv(d / "metrics.csv") for d in (straight, stopped)]
     for key in ("train_loss", "train_acc", "val_top1", "val_loss"):
         assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]]
 
@@ -385,8 +376,6 @@ def test_cli_train_resume_and_eval(tmp_path, capsys, fashion):
 
 
 def test_eval_official_checkpoint_on_imagefolder(tmp_path, capsys):
-    from test_data import make_image_folder
-
     official = pytest.importorskip("gctnet.models.official")
     if not hasattr(official, "save_official_checkpoint"):
         pytest.skip("official checkpoint support not available")
