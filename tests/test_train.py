@@ -397,7 +397,14 @@ def test_eval_official_checkpoint_on_imagefolder(tmp_path, capsys):
 
 def test_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch, fashion):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # redraw on every step, however fast the steps are
+    # redraw on every step, however fast the steps are (tqdm reads TQDM_* variables only when imported)
+    import tqdm
+
+    class EveryStep(tqdm.tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+
+    monkeypatch.setattr(tqdm, "tqdm", EveryStep)
     run(tiny_config(tmp_path / "tty", epochs=1, quiet=False, tensorboard=True))
     captured = capsys.readouterr()
     assert "epoch 1/1 " in captured.out and "done: final top-1" in captured.out
