@@ -21,14 +21,12 @@ explicit training options override them.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as _dt
 import json
 import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,25 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+
+from .runs import (
+    check_recipe,
+    check_train_options,
+    config_fields,
+    describe_options,
+    finite_mean,
+    finite_std,
+    format_seconds,
+    is_finished,
+    json_safe,
+    make_config,
+    plus_minus,
+    read_json,
+    read_metrics,
+    run_status,
+    train_api,
+    write_csv,
+)
 
 __all__ = [
     "CompareError",
@@ -173,131 +190,6 @@ def run_dir(out: PathLike, model: str, seed: int) -> Path:
 # --------------------------------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_finished(path: Path) -> bool:
-    summary = _read_json(path / "summary.json")
-    return bool(summary and summary.get("finished"))
-
-
-def _status(path: Path, epochs: int) -> str:
-    """``done`` (finished), ``resume`` (an interrupted run: continue from last.pt), ``restart`` (a run that
-    died before its first checkpoint, or after its last epoch but before its summary) or ``new``."""
-    if _is_finished(path):
-        return "done"
-    if (path / "last.pt").is_file():
-        from .train import load_checkpoint
-
-        try:
-            ckpt = load_checkpoint(path, which="last")
-        except ValueError:
-            return "restart"  # unreadable (never written completely): train again
-        complete = int(ckpt.get("epoch", 0)) >= epochs and not int(ckpt.get("batch_in_epoch", 0))
-        return "restart" if complete else "resume"
-    return "restart" if path.exists() and any(path.iterdir()) else "new"
-
-
-def _train_api() -> Any:
-    from . import train
-
-    return train
-
-
-def _config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(_train_api().TrainConfig)}
-
-
-def _non_recipe_fields() -> set[str]:
-    """TrainConfig fields that do not change what a run computes (or that compare sets per run)."""
-    from .train.config import RESUME_OVERRIDABLE
-
-    return (set(RESUME_OVERRIDABLE) - {"epochs"}) | {"model", "seed", "out", "resume", "overwrite"}
-
-
-def _make_config(model: str, seed: int, path: Path, options: Mapping[str, Any], status: str) -> Any:
-    """The TrainConfig of one run (a resumed run continues from its saved config)."""
-    TrainConfig = _train_api().TrainConfig
-    if status == "resume":
-        from .train.config import RESUME_OVERRIDABLE
-
-        keep = RESUME_OVERRIDABLE - {"out", "resume", "overwrite"}
-        return TrainConfig.for_resume(path, **{k: v for k, v in options.items() if k in keep})
-    return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path), "overwrite": status == "restart"})
-
-
-def _check_recipe(path: Path, intended: Mapping[str, Any]) -> None:
-    """A finished or interrupted run must have been made with the settings asked for now."""
-    saved = _read_json(path / "config.json")
-    if not saved:
-        return
-    skip = _non_recipe_fields()
-    diffs = [
-        f"{k}={saved[k]!r} (now {v!r})"
-        for k, v in intended.items()
-        if k not in skip and k in saved and _normal(saved[k]) != _normal(v)
-    ]
-    if diffs:
-        raise CompareError(
-            f"{path} was trained with other settings: {', '.join(diffs)}. Use another output folder, or "
-            "delete that run to train it again with the new settings"
-        )
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_normal(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-# --------------------------------------------------------------------------------------------------
-# reading results
-# --------------------------------------------------------------------------------------------------
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    rows = []
-    try:
-        with open(path / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: _num(v) for k, v in row.items()})
-    except OSError:
-        pass
-    return rows
-
-
-def _num(v: Any) -> Any:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(x) if x.is_integer() and "." not in str(v) and "e" not in str(v).lower() else x
-
-
-def _mean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return statistics.fmean(xs) if xs else float("nan")
-
-
-def _std(xs: Sequence[float]) -> float:
-    """Sample standard deviation over seeds (n - 1); NaN for fewer than 2 values."""
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
-
-
 @dataclass
 class ModelSummary:
     """Aggregates of one model over its finished seeds (accuracies in %, from each run's last epoch)."""
@@ -356,12 +248,12 @@ def _model_costs(path: Path) -> dict[str, Any]:
     from .data import dataset_info
     from .train import load_checkpoint_model
 
-    summary = _read_json(path / "summary.json") or {}
-    config = _read_json(path / "config.json") or {}
+    summary = read_json(path / "summary.json") or {}
+    config = read_json(path / "config.json") or {}
     info = dataset_info(config.get("data") or "fashion_mnist", config.get("data_dir"), image_size=config.get("image_size"))
     key = {"model_kwargs": summary.get("model_kwargs"), "input_size": [info.in_chans, info.image_size, info.image_size]}
     cache = path.parent / "model_info.json"
-    cached = _read_json(cache)
+    cached = read_json(cache)
     if cached and cached.get("key") == key and key["model_kwargs"] is not None:
         return cached["costs"]
     model, _ = load_checkpoint_model(path)
@@ -377,7 +269,7 @@ def finished_runs(out: PathLike) -> dict[str, list[int]]:
     for summary in sorted(Path(out).glob("runs/*/seed*/summary.json")):
         seed_dir = summary.parent
         suffix = seed_dir.name[len("seed"):]
-        data = _read_json(summary)
+        data = read_json(summary)
         if suffix.isdigit() and data and data.get("finished"):
             found.setdefault(seed_dir.parent.name, []).append(int(suffix))
     return {m: sorted(seeds) for m, seeds in found.items()}
@@ -389,11 +281,11 @@ def _collect_runs(out: Path, plan: Mapping[str, Sequence[int]]) -> list[dict[str
         costs: Optional[dict[str, Any]] = None
         for seed in seeds:
             path = run_dir(out, model, seed)
-            summary = _read_json(path / "summary.json")
+            summary = read_json(path / "summary.json")
             if not summary or not summary.get("finished"):
                 continue
             costs = costs or _model_costs(path)
-            metrics = _read_metrics(path)
+            metrics = read_metrics(path)
             rows.append(
                 {
                     "model": model,
@@ -444,21 +336,21 @@ def summarize(
             top1=top1,
             top5=top5,
             best_top1=[r["best_top1"] for r in rs],
-            top1_mean=_mean(top1),
-            top1_std=_std(top1),
-            top5_mean=_mean(top5),
-            top5_std=_std(top5),
+            top1_mean=finite_mean(top1),
+            top1_std=finite_std(top1),
+            top5_mean=finite_mean(top5),
+            top5_std=finite_std(top5),
             params=rs[0]["params"],
             gct_params=rs[0]["gct_params"],
             macs=rs[0]["macs"],
-            train_seconds=_mean([r["train_seconds"] for r in rs]),
-            images_per_sec=_mean([r["images_per_sec"] for r in rs]),
+            train_seconds=finite_mean([r["train_seconds"] for r in rs]),
+            images_per_sec=finite_mean([r["images_per_sec"] for r in rs]),
             is_baseline=model == baseline,
         )
         if model != baseline:
             deltas = [r["final_top1"] - base[r["seed"]] for r in rs if r["seed"] in base]
             if deltas:
-                s.delta_top1_mean, s.delta_top1_std, s.delta_seeds = _mean(deltas), _std(deltas), len(deltas)
+                s.delta_top1_mean, s.delta_top1_std, s.delta_seeds = finite_mean(deltas), finite_std(deltas), len(deltas)
         summaries.append(s)
     return runs, summaries
 
@@ -500,22 +392,17 @@ def run(
     base = baseline or baseline_model(model_list)
     if base not in model_list:
         raise CompareError(f"baseline {base!r} is not among the models {model_list}")
-    fields = _config_fields()
+    fields = config_fields()
     options: dict[str, Any] = {k: v for k, v in p.train.items() if k in fields}
-    user = dict(train_options or {})
-    reserved = {"model", "seed", "out", "resume", "overwrite"} & set(user)
-    if reserved:
-        raise CompareError(f"train_options may not set {sorted(reserved)}: compare sets them for every run")
-    unknown = sorted(set(user) - fields)
-    if unknown:
-        raise CompareError(f"unknown training option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
+    user = check_train_options(train_options or {}, {"model", "seed", "out", "resume", "overwrite"},
+                               name="train_options", setter="compare", kind="training", error=CompareError)
     options.update(user)
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     jobs = [(m, s, run_dir(out, m, s)) for m in model_list for s in seed_list]
-    TrainConfig = _train_api().TrainConfig
+    TrainConfig = train_api().TrainConfig
 
     def intended(model: str, seed: int) -> Any:
         return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
@@ -523,19 +410,19 @@ def run(
     status: dict[Path, str] = {}
     for model, seed, path in jobs:
         config = intended(model, seed)
-        status[path] = _status(path, config.epochs)
+        status[path] = run_status(path, config.epochs)
         if status[path] == "resume":
-            _check_recipe(path, config.to_dict())
+            check_recipe(path, config.to_dict(), CompareError)
     # one folder, one recipe: every finished run (also of models not in this call) must match it
     for model, seeds in finished_runs(out).items():
         for seed in seeds:
-            _check_recipe(run_dir(out, model, seed), intended(model, seed).to_dict())
+            check_recipe(run_dir(out, model, seed), intended(model, seed).to_dict(), CompareError)
     todo = sum(st != "done" for st in status.values())
     say(
         f"compare: {len(model_list)} models x {len(seed_list)} seeds = {len(jobs)} runs "
-        f"({len(jobs) - todo} already finished), preset {preset}, options {_describe(options)}; output {out}"
+        f"({len(jobs) - todo} already finished), preset {preset}, options {describe_options(options)}; output {out}"
     )
-    train = _train_api()
+    train = train_api()
     started = time.perf_counter()
     durations: list[float] = []
     trained = 0
@@ -545,18 +432,18 @@ def run(
             say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
             continue
         remaining = todo - trained
-        eta = f"ETA {_fmt_seconds(_mean(durations) * remaining)}" if durations else "ETA after the first run"
+        eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
         what = {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(st, "training")
         say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
         t0 = time.perf_counter()
         try:
-            train.run(_make_config(model, seed, path, options, st))
+            train.run(make_config(model, seed, path, options, st))
         except KeyboardInterrupt:
             say(f"compare: interrupted during {model} seed {seed}; calling compare again continues it")
             raise
         durations.append(time.perf_counter() - t0)
         trained += 1
-        if not _is_finished(path):
+        if not is_finished(path):
             raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
 
     runs, summaries = summarize(out, model_list, base)
@@ -574,10 +461,6 @@ def run(
     result.paths = write_outputs(result, settings)
     say(f"compare: done ({trained} trained, {len(jobs) - todo} skipped); report: {result.paths['report']}")
     return result
-
-
-def _describe(options: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in options.items()) or "engine defaults"
 
 
 def _analyze_models(result: CompareResult, images: int, say: Callable[[str], None]) -> None:
@@ -622,32 +505,6 @@ _SUMMARY_COLUMNS = (
 )
 
 
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    if v is None:
-        return ""
-    return v
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
-    os.replace(tmp, path)
-    return path
-
-
-def _pm(mean: Optional[float], std: Optional[float], digits: int = 2, sign: bool = False) -> str:
-    if mean is None or math.isnan(mean):
-        return "-"
-    m = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
-    return m if std is None or math.isnan(std) else f"{m} +- {std:.{digits}f}"
-
-
 def _si(n: Optional[float], unit: str = "") -> str:
     if n is None:
         return "-"
@@ -667,14 +524,14 @@ def _summary_table(summaries: Sequence[ModelSummary], baseline: str) -> list[str
         if s.is_baseline:
             delta = "(plain)"
         elif s.delta_seeds:
-            delta = _pm(s.delta_top1_mean, s.delta_top1_std, sign=True) + f" (n={s.delta_seeds})"
+            delta = plus_minus(s.delta_top1_mean, s.delta_top1_std, sign=True) + f" (n={s.delta_seeds})"
         else:
             delta = "-"
         per_seed = ", ".join(f"{seed}: {v:.2f}" for seed, v in zip(s.seeds, s.top1))
         lines.append(
-            f"| {s.model} | {_pm(s.top1_mean, s.top1_std)} | {delta} | {_pm(s.top5_mean, s.top5_std)} | {per_seed} | "
+            f"| {s.model} | {plus_minus(s.top1_mean, s.top1_std)} | {delta} | {plus_minus(s.top5_mean, s.top5_std)} | {per_seed} | "
             f"{_si(s.params)} | {s.gct_params if s.gct_params is not None else '-'} | {_si(s.macs)} | "
-            f"{_fmt_seconds(s.train_seconds) if not math.isnan(s.train_seconds) else '-'} | "
+            f"{format_seconds(s.train_seconds) if not math.isnan(s.train_seconds) else '-'} | "
             f"{s.images_per_sec:.0f} |"
         )
     return lines
@@ -694,16 +551,16 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
     given = settings.get("options_given") or {}
     preset = f"- preset: **{settings.get('preset')}** ({settings.get('preset_description')})"
     if given:
-        preset += f"; overridden here by {_describe(given)}"
+        preset += f"; overridden here by {describe_options(given)}"
     return [
         preset,
         f"- models: {', '.join(result.models)}; plain model: {result.baseline}",
         f"- seeds: {', '.join(map(str, result.seeds))}",
-        f"- training options used: {_describe(opts)}; everything else is the gctnet.train default (each run's "
+        f"- training options used: {describe_options(opts)}; everything else is the gctnet.train default (each run's "
         "config.json has the full configuration)",
         f"- report written {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
         f"({settings.get('cpu_threads')} torch threads), {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
-        f"{result.skipped} finished one(s), took {_fmt_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
+        f"{result.skipped} finished one(s), took {format_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
     ]
 
 
@@ -715,7 +572,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
 
     out = result.out
     paths: dict[str, Path] = {}
-    paths["runs_csv"] = _write_csv(out / "runs.csv", _RUN_COLUMNS, result.runs)
+    paths["runs_csv"] = write_csv(out / "runs.csv", _RUN_COLUMNS, result.runs)
     summary_rows = []
     for s in result.summaries:
         row = s.to_dict()
@@ -723,7 +580,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         row["top1_per_seed"] = " ".join(f"{v!r}" for v in s.top1)
         row["top5_per_seed"] = " ".join(f"{v!r}" for v in s.top5)
         summary_rows.append(row)
-    paths["summary_csv"] = _write_csv(out / "summary.csv", _SUMMARY_COLUMNS, summary_rows)
+    paths["summary_csv"] = write_csv(out / "summary.csv", _SUMMARY_COLUMNS, summary_rows)
 
     figures: dict[str, str] = {}
     if result.runs:
@@ -739,7 +596,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     for r in result.runs:
         per_run.append(
             f"| {r['model']} | {r['seed']} | {r['final_top1']:.2f} | {r['final_top5']:.2f} | {r['best_top1']:.2f} | "
-            f"{r['epochs']} | {_fmt_seconds(r['train_seconds'])} | {r['images_per_sec']:.0f} | [{r['run_dir']}]({r['run_dir']}) |"
+            f"{r['epochs']} | {format_seconds(r['train_seconds'])} | {r['images_per_sec']:.0f} | [{r['run_dir']}]({r['run_dir']}) |"
         )
     analysis_lines = []
     for s in result.summaries:
@@ -782,17 +639,5 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         "runs": result.runs,
     }
     paths["json"] = out / "compare.json"
-    paths["json"].write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(data), indent=2) + "\n")
     return paths
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -37,25 +37,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .compare import (
-    PRESETS,
-    CompareError,
-    _check_recipe,
-    _config_fields,
-    _describe,
-    _fmt_seconds,
-    _is_finished,
-    _json_safe,
-    _make_config,
-    _mean,
-    _pm,
-    _read_json,
-    _read_metrics,
-    _status,
-    _std,
-    _write_csv,
-    environment,
-    parse_seeds,
+from .compare import PRESETS, CompareError, environment, parse_seeds
+from .runs import (
+    check_recipe,
+    check_train_options,
+    config_fields,
+    describe_options,
+    finite_mean,
+    finite_std,
+    format_seconds,
+    is_finished,
+    json_safe,
+    make_config,
+    plus_minus,
+    read_json,
+    read_metrics,
+    run_status,
+    write_csv,
 )
 
 __all__ = [
@@ -78,6 +76,10 @@ CSV_COLUMNS = (
 # TrainConfig fields a fine-tuning run never inherits from the pretraining config
 _NOT_INHERITED = {"model", "seed", "out", "resume", "overwrite", "init_from", "epochs", "lr", "lr_base",
                   "lr_base_size", "sched", "milestones", "warmup_epochs"}
+
+
+#: TrainConfig fields the experiment sets for every run
+_PER_RUN = frozenset({"model", "seed", "out", "resume", "overwrite", "init_from"})
 
 
 class FinetuneError(CompareError):
@@ -109,19 +111,14 @@ def finetune_recipe(pretrain_config: Mapping[str, Any], epochs: int, lr_factor: 
         raise FinetuneError(f"finetune_epochs must be a positive integer, got {epochs!r}")
     if not (isinstance(lr_factor, (int, float)) and math.isfinite(lr_factor) and lr_factor > 0):
         raise FinetuneError(f"lr_factor must be a positive number, got {lr_factor!r}")
-    fields = _config_fields()
+    fields = config_fields()
     base = TrainConfig.from_dict({k: v for k, v in pretrain_config.items() if k in fields}, strict=False)
     options = {k: v for k, v in base.to_dict().items() if k not in _NOT_INHERITED}
     options.update(epochs=epochs, lr=base.effective_lr * float(lr_factor), sched="cosine", warmup_epochs=0.0,
                    milestones=None)
-    user = dict(overrides or {})
-    bad = sorted({"model", "seed", "out", "resume", "overwrite", "init_from"} & set(user))
-    if bad:
-        raise FinetuneError(f"finetune_options may not set {bad}: the fine-tuning sets them for every run")
-    unknown = sorted(set(user) - fields)
-    if unknown:
-        raise FinetuneError(f"unknown fine-tuning option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
-    options.update(user)
+    options.update(check_train_options(overrides or {}, _PER_RUN,
+                                       name="finetune_options", setter="the fine-tuning", kind="fine-tuning",
+                                       error=FinetuneError))
     return options
 
 
@@ -171,7 +168,7 @@ def _before(out: Path, seed: int, checkpoint: Path, gct_model: str, config: Mapp
     key = {"checkpoint": str(ckpt_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
            "gct_model": gct_model, "val": [config.get(k) for k in ("data", "val_subset", "image_size")]}
     cache = out / "before" / f"seed{seed}.json"
-    cached = _read_json(cache)
+    cached = read_json(cache)
     if cached and cached.get("key") == key:
         return cached["result"]
     say(f"seed {seed}: evaluating the pretrained network and its GCT variant before fine-tuning")
@@ -182,7 +179,7 @@ def _before(out: Path, seed: int, checkpoint: Path, gct_model: str, config: Mapp
             f"accuracy (plain top-1 {result['plain']['top1']!r}, GCT top-1 {result['gct']['top1']!r}); a fresh "
             "GCT must be the identity")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(_json_safe({"key": key, "result": result}), indent=2) + "\n")
+    cache.write_text(json.dumps(json_safe({"key": key, "result": result}), indent=2) + "\n")
     return result
 
 
@@ -230,10 +227,10 @@ def _train_job(path: Path, model: str, seed: int, options: Mapping[str, Any], sa
     from . import train
 
     config = train.TrainConfig(**{**options, "model": model, "seed": seed, "out": str(path)}).validate()
-    status = _status(path, config.epochs)
+    status = run_status(path, config.epochs)
     if status in ("done", "resume"):
         try:
-            _check_recipe(path, config.to_dict())
+            check_recipe(path, config.to_dict(), CompareError)
         except CompareError as exc:
             raise FinetuneError(str(exc)) from None
     if status == "done":
@@ -241,11 +238,11 @@ def _train_job(path: Path, model: str, seed: int, options: Mapping[str, Any], sa
         return False
     say(f"{what}: {model} seed {seed} ({'resuming' if status == 'resume' else 'training'}) -> {path}")
     try:
-        train.run(_make_config(model, seed, path, options, status))
+        train.run(make_config(model, seed, path, options, status))
     except KeyboardInterrupt:
         say(f"finetune: interrupted during {what} of {model} seed {seed}; calling finetune again continues it")
         raise
-    if not _is_finished(path):
+    if not is_finished(path):
         raise RuntimeError(f"{what} of {model} seed {seed} ended without a finished summary.json in {path}")
     return True
 
@@ -292,7 +289,7 @@ def run(
     except CompareError as exc:
         raise FinetuneError(str(exc)) from None
     out = Path(out)
-    fields = _config_fields()
+    fields = config_fields()
 
     if plain is not None:
         if pretrain_options:
@@ -300,13 +297,8 @@ def run(
         given_ckpt, pre_config, model = _plain_source(plain)
         pre_options: dict[str, Any] = {k: v for k, v in pre_config.items() if k in fields}
     else:
-        user = dict(pretrain_options or {})
-        reserved = sorted({"model", "seed", "out", "resume", "overwrite", "init_from"} & set(user))
-        if reserved:
-            raise FinetuneError(f"pretrain_options may not set {reserved}: finetune sets them for every run")
-        unknown = sorted(set(user) - fields)
-        if unknown:
-            raise FinetuneError(f"unknown pretraining option(s) {unknown}; TrainConfig fields are {sorted(fields)}")
+        user = check_train_options(pretrain_options or {}, _PER_RUN, name="pretrain_options", setter="finetune",
+                                   kind="pretraining", error=FinetuneError)
         pre_options = {**{k: v for k, v in PRESETS[preset].train.items() if k in fields}, **user}
         given_ckpt = None
     gct_name = gct_model or f"gct_{model}"
@@ -350,7 +342,7 @@ def run(
             job(runs[name], name, seed, init, "fine-tuning")
         rows.append(_row(out, seed, source, before, runs[model], runs[gct_name]))
 
-    summary = {c: {"mean": _mean([r[c] for r in rows]), "std": _std([r[c] for r in rows])}
+    summary = {c: {"mean": finite_mean([r[c] for r in rows]), "std": finite_std([r[c] for r in rows])}
                for c in CSV_COLUMNS if c != "seed" and all(isinstance(r[c], (int, float)) for r in rows)}
     result = FinetuneResult(out=out, model=model, gct_model=gct_name, seeds=seed_list, rows=rows, summary=summary,
                             trained=trained, skipped=skipped)
@@ -366,7 +358,7 @@ def run(
 
 def _row(out: Path, seed: int, source: Path, before: Mapping[str, Any], plain_dir: Path, gct_dir: Path) -> dict[str, Any]:
     """One seed's numbers, read back from the runs' summary.json / metrics.csv."""
-    p_sum, g_sum = _read_json(plain_dir / "summary.json") or {}, _read_json(gct_dir / "summary.json") or {}
+    p_sum, g_sum = read_json(plain_dir / "summary.json") or {}, read_json(gct_dir / "summary.json") or {}
     b_plain, b_gct = float(before["plain"]["top1"]), float(before["gct"]["top1"])
 
     def rel(path: Path) -> str:
@@ -389,8 +381,8 @@ def _row(out: Path, seed: int, source: Path, before: Mapping[str, Any], plain_di
         "pretrained": rel(source),
         "plain_run": rel(plain_dir),
         "gct_run": rel(gct_dir),
-        "plain_curve": [b_plain] + [float(m["val_top1"]) for m in _read_metrics(plain_dir)],
-        "gct_curve": [b_gct] + [float(m["val_top1"]) for m in _read_metrics(gct_dir)],
+        "plain_curve": [b_plain] + [float(m["val_top1"]) for m in read_metrics(plain_dir)],
+        "gct_curve": [b_gct] + [float(m["val_top1"]) for m in read_metrics(gct_dir)],
     }
 
 
@@ -436,31 +428,31 @@ def _table(result: FinetuneResult) -> list[str]:
     for r in result.rows:
         lines.append(f"| {r['seed']} | " + " | ".join(f"{r[c]:+.2f}" if c in signed else f"{r[c]:.2f}" for c in cols) + " |")
     s = result.summary
-    lines.append("| **mean +- std** | " + " | ".join(_pm(s[c]["mean"], s[c]["std"], sign=c in signed) for c in cols) + " |")
+    lines.append("| **mean +- std** | " + " | ".join(plus_minus(s[c]["mean"], s[c]["std"], sign=c in signed) for c in cols) + " |")
     return lines
 
 
 def write_outputs(result: FinetuneResult, settings: Mapping[str, Any]) -> dict[str, Path]:
     """``finetune.csv``, ``finetune.md``, ``finetune.json`` and ``finetune_top1_vs_epoch.png`` in ``result.out``."""
     out = result.out
-    paths = {"csv": _write_csv(out / "finetune.csv", CSV_COLUMNS, result.rows)}
+    paths = {"csv": write_csv(out / "finetune.csv", CSV_COLUMNS, result.rows)}
     paths["png"] = plot_finetune_curves(result, out / "finetune_top1_vs_epoch.png")
     ft = settings["finetune_options"]
     d = result.summary.get("delta_top1", {})
-    verdict = (f"GCT - plain after fine-tuning: {_pm(d.get('mean'), d.get('std'), sign=True)} points top-1 over "
+    verdict = (f"GCT - plain after fine-tuning: {plus_minus(d.get('mean'), d.get('std'), sign=True)} points top-1 over "
                f"{len(result.rows)} seed(s)")
     md = [
         "# Fine-tuning a trained plain network with and without GCT", "",
         f"- plain network: {settings['plain'] or f'{result.model}, trained here per seed (pretrain/seed<k>)'}; "
         f"GCT variant: {result.gct_model} (GCT inserted as the identity, same weights)",
         f"- seeds: {', '.join(map(str, result.seeds))}",
-        f"- pretraining options: {_describe(settings['pretrain_options'])}",
+        f"- pretraining options: {describe_options(settings['pretrain_options'])}",
         f"- fine-tuning: {settings['finetune_epochs']} epoch(s), lr {ft['lr']:g} ({settings['lr_factor']:g} x the "
         f"pretraining lr), schedule {ft['sched']}, warm-up {ft['warmup_epochs']:g} epochs; same recipe and seed "
         "for both variants",
         f"- written {settings['date']} with torch {settings['torch']} on {settings['cpus']} CPUs, "
         f"{settings['cuda'] or 'no GPU'}; this call trained {result.trained} run(s), skipped {result.skipped}, took "
-        f"{_fmt_seconds(float(settings['wall_seconds_this_call']))}",
+        f"{format_seconds(float(settings['wall_seconds_this_call']))}",
         "", "## Validation top-1 (%)", "", *_table(result), "",
         "*before*: the pretrained weights, evaluated as the plain network and with GCT inserted (equal by "
         "construction: checked exactly); *after*: the last fine-tuning epoch; *gain*: after - before; +- is the "
@@ -473,5 +465,5 @@ def write_outputs(result: FinetuneResult, settings: Mapping[str, Any]) -> dict[s
     paths["json"] = out / "finetune.json"
     data = {"settings": dict(settings), "model": result.model, "gct_model": result.gct_model, "seeds": result.seeds,
             "rows": result.rows, "summary": result.summary}
-    paths["json"].write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(data), indent=2) + "\n")
     return paths

@@ -14,7 +14,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import UsageError
 
@@ -23,7 +23,7 @@ _PER_RUN = {"model", "out", "seed", "resume", "overwrite", "recipe", "help"}
 _TRAIN_GROUP = "training options (applied to every run; override the preset)"
 
 
-def _train_actions() -> list[argparse.Action]:
+def train_actions() -> list[argparse.Action]:
     from . import train as train_command
 
     scratch = argparse.ArgumentParser(add_help=False)
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validation images for the gate statistics of the analysis (default 256)",
     )
     group = parser.add_argument_group(_TRAIN_GROUP)
-    for action in _train_actions():
+    for action in train_actions():
         action = copy.copy(action)
         action.default = argparse.SUPPRESS  # only options given on the command line reach the runs
         action.required = False
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The training options given on the command line, as TrainConfig fields."""
-    options = {a.dest: getattr(args, a.dest) for a in _train_actions() if hasattr(args, a.dest)}
+    options = {a.dest: getattr(args, a.dest) for a in train_actions() if hasattr(args, a.dest)}
     if "model_kwargs" in options:  # KEY=VALUE pairs
         options["model_kwargs"] = dict(options["model_kwargs"])
     return options
@@ -69,7 +69,6 @@ def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import compare
-    from ..train.config import ConfigError
 
     try:
         models = compare.parse_models(args.models)
@@ -79,31 +78,41 @@ def run(args: argparse.Namespace) -> int:
     if args.analysis_images < 1:
         raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
     options = train_options_from_args(args)
+    return run_experiment("compare", lambda: compare.run(
+        models,
+        seeds,
+        args.out,
+        preset=args.preset,
+        train_options=options,
+        baseline=args.baseline,
+        analyze=not args.no_analyze,
+        analysis_images=args.analysis_images,
+    ), lambda result: f"report: {result.report}")
+
+
+def run_experiment(command: str, call: Callable[[], Any], report: Callable[[Any], str]) -> int:
+    """Run an experiment for ``gctnet COMMAND`` and turn its outcome into an exit status.
+
+    Bad settings (or existing runs made with other ones) are a :class:`UsageError`; an interruption
+    prints how to continue and returns 128 + the signal (the engine saved ``last.pt``; the same command
+    resumes); a non-finite loss or unreadable data print the error and return 1; otherwise
+    ``report(result)`` is printed and 0 returned.
+    """
+    from ..compare import CompareError
     from ..data import BadImageError, DatasetNotFoundError
     from ..train import NonFiniteLossError, TrainingInterrupted
+    from ..train.config import ConfigError
 
     try:
-        result = compare.run(
-            models,
-            seeds,
-            args.out,
-            preset=args.preset,
-            train_options=options,
-            baseline=args.baseline,
-            analyze=not args.no_analyze,
-            analysis_images=args.analysis_images,
-        )
-    except (compare.CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
+        result = call()
+    except (CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
         raise UsageError(str(exc)) from exc
-    except TrainingInterrupted as exc:  # the engine saved last.pt; the same command resumes it
-        print(
-            f"gctnet compare: interrupted; {exc.run_dir} saved its progress. Run the same gctnet compare "
-            "command again to continue.",
-            file=sys.stderr,
-        )
+    except TrainingInterrupted as exc:
+        print(f"gctnet {command}: interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
+              "command again to continue.", file=sys.stderr)
         return 128 + int(exc.signum)
     except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet compare: error: {exc}", file=sys.stderr)
+        print(f"gctnet {command}: error: {exc}", file=sys.stderr)
         return 1
-    print(f"report: {result.report}")
+    print(report(result))
     return 0

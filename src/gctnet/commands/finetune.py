@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
 from . import UsageError
@@ -27,8 +26,8 @@ _TRAIN_GROUP = "pretraining options (only without --plain; override the preset)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..compare import PRESETS
-    from .compare import _train_actions
-    from .train import _kv
+    from .compare import train_actions
+    from .train import key_value
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--plain", default=None, metavar="RUN_OR_CHECKPOINT",
@@ -45,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=3, metavar="N", help="fine-tuning epochs (default 3)")
     parser.add_argument("--lr-factor", type=float, default=0.1,
                         help="fine-tuning lr as a fraction of the pretraining lr (default 0.1)")
-    parser.add_argument("--finetune-option", dest="finetune_options", nargs="+", type=_kv, default=[],
+    parser.add_argument("--finetune-option", dest="finetune_options", nargs="+", type=key_value, default=[],
                         metavar="KEY=VALUE", help="TrainConfig fields overriding the fine-tuning recipe, "
                         "e.g. sched=constant batch_size=64 (values parsed as Python literals)")
     group = parser.add_argument_group(_TRAIN_GROUP)
-    for action in _train_actions():
+    for action in train_actions():
         if action.dest == "model":
             continue
         action = copy.copy(action)
@@ -61,10 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import finetune
     from ..compare import CompareError, parse_seeds
-    from ..data import BadImageError, DatasetNotFoundError
-    from ..train import NonFiniteLossError, TrainingInterrupted
-    from ..train.config import ConfigError
-    from .compare import train_options_from_args
+    from .compare import run_experiment, train_options_from_args
 
     try:
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -74,20 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plain is not None and pretrain:
         raise UsageError(f"pretraining options ({', '.join(sorted(pretrain))}) cannot be combined with --plain "
                          "(the given network is already trained; use --finetune-option to change the fine-tuning)")
-    try:
-        result = finetune.run(
-            args.plain, model=args.model, gct_model=args.gct_model, seeds=seeds, out=args.out, preset=args.preset,
-            pretrain_options=pretrain or None, finetune_epochs=args.finetune_epochs, lr_factor=args.lr_factor,
-            finetune_options=dict(args.finetune_options),
-        )
-    except (CompareError, ConfigError) as exc:
-        raise UsageError(str(exc)) from exc
-    except TrainingInterrupted as exc:
-        print(f"gctnet finetune: interrupted; {exc.run_dir} saved its progress. Run the same gctnet finetune "
-              "command again to continue.", file=sys.stderr)
-        return 128 + int(exc.signum)
-    except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet finetune: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"table: {result.paths['md']}")
-    return 0
+    return run_experiment("finetune", lambda: finetune.run(
+        args.plain, model=args.model, gct_model=args.gct_model, seeds=seeds, out=args.out, preset=args.preset,
+        pretrain_options=pretrain or None, finetune_epochs=args.finetune_epochs, lr_factor=args.lr_factor,
+        finetune_options=dict(args.finetune_options),
+    ), lambda result: f"table: {result.paths['md']}")

@@ -20,7 +20,7 @@ from . import UsageError
 S = argparse.SUPPRESS  # options not given stay out of the namespace: recipe/saved-config values apply
 
 
-def _kv(text: str) -> tuple:
+def key_value(text: str) -> tuple:
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", default=S, help="registered model name (default: resnet20; see gctnet info --list)")
-    g.add_argument("--model-kwargs", nargs="+", type=_kv, metavar="KEY=VALUE", default=S,
+    g.add_argument("--model-kwargs", nargs="+", type=key_value, metavar="KEY=VALUE", default=S,
                    help="extra builder arguments, e.g. width=2 (values parsed as Python literals)")
     g.add_argument("--init-from", default=S, metavar="PATH",
                    help="start from these weights: a run folder, checkpoint, state_dict or .safetensors file "
