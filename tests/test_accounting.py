@@ -214,3 +214,11 @@ def test_cli_info_usage_errors(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_input_size_the_model_cannot_take_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "resnet20", "--input-size", "3,32"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "resnet20 cannot run on --input-size 3,32" in err and "Traceback" not in err

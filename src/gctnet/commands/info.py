@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:  # e.g. an input too small for the model, BatchNorm with batch 1
             raise UsageError(f"{name}: {exc}") from None
+        except RuntimeError as exc:  # the model cannot run on this input (wrong rank or channels)
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(f"{name} cannot run on --input-size {args.input_size}: {first}") from None
         rows.append(replace(info, name=f"{name} (no ckpt)") if name in model_kwargs else info)
     if args.json:
         json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)
