@@ -31,6 +31,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from ._variants import register_variants
 from .se import SE_REDUCTION, make_se
 
@@ -44,8 +45,6 @@ __all__ = [
     "replace_stem",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------------------
