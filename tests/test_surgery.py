@@ -543,3 +543,26 @@ def test_checkpoint_uses_recompute_output_hook_when_functional_provides_it(monke
     model = apply_gct(_mixed_model(), checkpoint=True)
     model(torch.randn(2, 3, 64, dtype=torch.float64)).sum().backward()
     assert len(calls) == 3 and all(n > 0 for n in calls)
+
+
+def test_selected_kernel_takes_precedence_over_the_lean_path(monkeypatch):
+    """With an accelerated GCT op selected (Triton on CUDA), gated convs call it instead of the eager
+    fused GCT+conv function; the eager backend keeps the lean path."""
+    import gctnet.kernels as kernels
+    from gctnet.functional import gct_reference
+
+    calls = []
+
+    def fake_op(x, *args):
+        calls.append(tuple(x.shape))
+        return gct_reference(x, *args)
+
+    model = apply_gct(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    monkeypatch.setattr(kernels, "select", lambda t: fake_op)
+    out = model(x)
+    assert calls == [(2, 3, 8, 8)] and out.grad_fn is not None
+    assert "GCTConvFunction" not in type(out.grad_fn).__name__
+    monkeypatch.setattr(kernels, "select", lambda t: None)
+    out = model(x)
+    assert len(calls) == 1 and "GCTConvFunction" in type(out.grad_fn).__name__

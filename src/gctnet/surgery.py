@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .functional import _GCTFunction, _is_compiling, _is_tracing, _no_autocast, validate_gct_args
 from .layers import GCT
 
@@ -130,8 +131,12 @@ def _has_gct_hook(module: nn.Module) -> bool:
 # lean memory: fused GCT + conv that saves only x
 # --------------------------------------------------------------------------------------------------
 def _lean_applicable(conv: nn.Module, x: Tensor) -> bool:
-    """The fused path needs a grad-recording eager forward and integer zero padding."""
+    """The fused path needs a grad-recording eager forward, integer zero padding, and no accelerated
+    kernel selected for ``x`` (on CUDA with Triton the kernels are faster; ``GCTNET_BACKEND=eager``
+    gives the lean-memory path there too)."""
     if not torch.is_grad_enabled() or _is_compiling() or _is_tracing() or _is_fx_tracing():
+        return False
+    if isinstance(x, Tensor) and kernels.select(x) is not None:
         return False
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
