@@ -265,3 +265,37 @@ def test_chunked_reductions_agree(monkeypatch, mode, after_relu, channels_last, 
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
     ref = official(x0.double(), *[p.double() for p in random_params(5, dtype=pdtype)], 1e-5, mode, after_relu)
     assert torch.allclose(results[1][0].double(), ref, atol=1e-10 if dtype == torch.float64 else 0.05, rtol=2e-3)
+
+
+@pytest.mark.parametrize("mode,after_relu", [("l2", False), ("l1", False), ("l1", True)])
+def test_backward_into_writes_grad_x_into_an_owned_gradient(mode, after_relu):
+    """The fused GCT+conv path hands its fresh conv gradient to ``backward_into``: same gradients as
+    autograd, written into that buffer (no new full-size tensor); a gradient with overlapping
+    elements (expanded) or another dtype is never written into."""
+    from gctnet.functional import _GCTFunction
+    from gctnet.surgery import _InnerCtx
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    if after_relu:
+        x = x.relu()
+    alpha = torch.rand(5, dtype=torch.float64) + 0.5
+    gamma, beta = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    dy = torch.randn_like(x)
+    leaves = [t.clone().requires_grad_(True) for t in (x, alpha, gamma, beta)]
+    expected = torch.autograd.grad(gct(*leaves, mode=mode, after_relu=after_relu), leaves, dy)
+
+    inner = _InnerCtx((True, True, True, True, False, False, False))
+    _GCTFunction.forward(inner, x, alpha, gamma, beta, 1e-5, mode, after_relu)
+    owned = dy.clone()
+    got = _GCTFunction.backward_into(inner, owned)
+    assert got[0].data_ptr() == owned.data_ptr()
+    for g, e in zip(got[:4], expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+    expanded = torch.randn(1, 5, 4, 6, dtype=torch.float64).expand_as(x)
+    before = expanded.clone()
+    got = _GCTFunction.backward_into(inner, expanded)
+    assert got[0].data_ptr() != expanded.data_ptr() and torch.equal(expanded, before)
+    half = dy.float()
+    assert _GCTFunction.backward_into(inner, half)[0].data_ptr() != half.data_ptr()

@@ -339,9 +339,20 @@ class _GCTFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
+        x, alpha, gamma, beta = ctx.saved_tensors[:4]
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
             return _double_backward(ctx, dy, x, alpha, gamma, beta)
+        return _GCTFunction.backward_into(ctx, dy, reuse_grad=False)
+
+    @staticmethod
+    def backward_into(ctx, dy: Tensor, reuse_grad: bool = True):
+        """The lean backward; with ``reuse_grad`` the input gradient is written into ``dy``'s storage.
+
+        For callers that own ``dy`` (the fused GCT+conv path of :mod:`gctnet.surgery` gets it fresh from
+        the conv backward): no full-size allocation, which on CPU also saves the page faults of a fresh
+        buffer.  Autograd's own ``backward`` never reuses ``dy`` (it may be shared).
+        """
+        x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
         acc = t.dtype
         with _no_autocast(x.device.type):
             # dL/dgate, per (n, c): the only full-size reduction of the backward
@@ -357,7 +368,7 @@ class _GCTFunction(torch.autograd.Function):
                 shape = _stat_shape(x)
                 gate = (1.0 + t).to(x.dtype).view(shape)
                 coef_x = coef.to(x.dtype).view(shape)
-                grad_x = dy * gate
+                grad_x = dy.mul_(gate) if reuse_grad and _reusable(dy, x) else dy * gate
                 if ctx.mode == "l2":
                     grad_x.addcmul_(x, coef_x)
                 elif ctx.after_relu:
@@ -365,6 +376,13 @@ class _GCTFunction(torch.autograd.Function):
                 else:
                     _addcmul_sign_(grad_x, x, coef_x)
         return grad_x, grad_alpha, grad_gamma, grad_beta, None, None, None
+
+
+def _reusable(dy: Tensor, x: Tensor) -> bool:
+    """``dy`` can take ``grad_x`` in place: same shape and dtype as ``x``, no overlapping elements."""
+    if dy.shape != x.shape or dy.dtype != x.dtype or dy.requires_grad:
+        return False
+    return torch._debug_has_internal_overlap(dy) == 0  # 0: no overlap (1: overlap, 2: unknown)
 
 
 def _addcmul_sign_(out: Tensor, x: Tensor, coef: Tensor) -> Tensor:

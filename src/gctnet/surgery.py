@@ -222,7 +222,8 @@ class _GCTConvFunction(torch.autograd.Function):
             del y, yc
             grads_gct: tuple[Optional[Tensor], ...] = (None, None, None, None)
             if need_gct:
-                grads_gct = tuple(_GCTFunction.backward(inner, grad_y.to(x.dtype))[:4])
+                # grad_y is ours (fresh from the conv backward): the GCT backward writes grad_x into it
+                grads_gct = tuple(_GCTFunction.backward_into(inner, grad_y.to(x.dtype))[:4])
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         if grad_bias is not None:
