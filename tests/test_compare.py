@@ -42,6 +42,20 @@ def test_parse_seeds():
             compare.parse_seeds(bad)
 
 
+def test_t_interval95_matches_students_t():
+    from gctnet.runs import format_interval, t_interval95
+
+    lo, hi = t_interval95([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd 1.5811, t(4) = 2.776
+    assert (lo, hi) == pytest.approx((3 - 1.9631, 3 + 1.9631), abs=1e-3)
+    lo, hi = t_interval95([0.5] * 3 + [float("nan")])  # NaN ignored, zero spread
+    assert lo == hi == pytest.approx(0.5)
+    assert t_interval95([1.0]) is None and t_interval95([]) is None
+    many = t_interval95([float(i % 7) for i in range(61)])  # beyond the table: t(60) = 2.000
+    sd = statistics.stdev([float(i % 7) for i in range(61)])
+    assert many[1] - many[0] == pytest.approx(2 * 2.000 * sd / 61 ** 0.5, rel=2e-3)
+    assert format_interval((-0.5, 0.25)) == "[-0.50, +0.25]" and format_interval(None) == "-"
+
+
 def test_parse_models_and_baseline():
     assert compare.parse_models("resnet20, gct_resnet20") == ["resnet20", "gct_resnet20"]
     with pytest.raises(compare.CompareError, match="Did you mean: .*resnet20"):
@@ -113,6 +127,10 @@ def test_table_numbers_equal_the_per_run_results(finished):
     assert float(rows["gct_resnet20"]["delta_top1_mean"]) == pytest.approx(statistics.fmean(deltas))
     assert float(rows["gct_resnet20"]["delta_top1_std"]) == pytest.approx(statistics.stdev(deltas))
     assert rows["resnet20"]["delta_top1_mean"] == ""
+    half = 12.706 * statistics.stdev(deltas) / len(deltas) ** 0.5  # Student's t, 1 degree of freedom
+    assert float(rows["gct_resnet20"]["delta_top1_ci95_low"]) == pytest.approx(statistics.fmean(deltas) - half)
+    assert float(rows["gct_resnet20"]["delta_top1_ci95_high"]) == pytest.approx(statistics.fmean(deltas) + half)
+    assert int(rows["gct_resnet20"]["delta_wins"]) == sum(d > 0 for d in deltas)
     # per-run rows and the markdown table carry the same numbers
     runs = read_csv(out / "runs.csv")
     assert len(runs) == 4

@@ -76,6 +76,9 @@ def test_table_numbers_equal_the_per_run_metrics(finished):
     deltas = [float(r["delta_top1"]) for r in rows]
     assert result.summary["delta_top1"]["mean"] == pytest.approx(statistics.fmean(deltas))
     assert result.summary["delta_top1"]["std"] == pytest.approx(statistics.stdev(deltas))
+    half = 12.706 * statistics.stdev(deltas) / len(deltas) ** 0.5  # Student's t, 1 degree of freedom
+    ci_row = next(line for line in (out / "finetune.md").read_text().splitlines() if line.startswith("| **95% CI**"))
+    assert f"[{statistics.fmean(deltas) - half:+.2f}, {statistics.fmean(deltas) + half:+.2f}]" in ci_row
     data = json.loads((out / "finetune.json").read_text())
     assert data["summary"]["plain_top1"]["mean"] == pytest.approx(statistics.fmean(float(r["plain_top1"]) for r in rows))
     assert len(data["rows"][0]["gct_curve"]) == 2  # epoch 0 (before) + 1 fine-tuning epoch

@@ -43,6 +43,7 @@ from .runs import (
     finite_mean,
     finite_std,
     format_seconds,
+    format_interval,
     is_finished,
     json_safe,
     make_config,
@@ -50,6 +51,7 @@ from .runs import (
     read_json,
     read_metrics,
     run_status,
+    t_interval95,
     train_api,
     write_csv,
 )
@@ -211,6 +213,8 @@ class ModelSummary:
     delta_top1_mean: Optional[float] = None  # paired (same seed) difference to the plain model
     delta_top1_std: Optional[float] = None
     delta_seeds: int = 0
+    delta_top1_ci95: Optional[tuple[float, float]] = None  # 95% t-interval of the paired difference
+    delta_wins: int = 0  # seeds where this model beat the plain model
     is_baseline: bool = False
     analysis: Optional[str] = None  # path of analysis.md, relative to the output folder
     conclusion: Optional[str] = None
@@ -351,6 +355,8 @@ def summarize(
             deltas = [r["final_top1"] - base[r["seed"]] for r in rs if r["seed"] in base]
             if deltas:
                 s.delta_top1_mean, s.delta_top1_std, s.delta_seeds = finite_mean(deltas), finite_std(deltas), len(deltas)
+                s.delta_top1_ci95 = t_interval95(deltas)
+                s.delta_wins = sum(d > 0 for d in deltas)
         summaries.append(s)
     return runs, summaries
 
@@ -500,7 +506,7 @@ _RUN_COLUMNS = (
 )
 _SUMMARY_COLUMNS = (
     "model", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "delta_top1_mean", "delta_top1_std",
-    "delta_seeds", "params", "gct_params", "macs", "train_seconds", "images_per_sec", "top1_per_seed",
+    "delta_seeds", "delta_top1_ci95_low", "delta_top1_ci95_high", "delta_wins", "params", "gct_params", "macs", "train_seconds", "images_per_sec", "top1_per_seed",
     "top5_per_seed", "analysis",
 )
 
@@ -516,20 +522,23 @@ def _si(n: Optional[float], unit: str = "") -> str:
 
 def _summary_table(summaries: Sequence[ModelSummary], baseline: str) -> list[str]:
     lines = [
-        f"| model | top-1 % (mean +- std) | vs {baseline} (paired) | top-5 % | top-1 per seed | params | GCT params "
-        "| MACs | train time / run | images/s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        f"| model | top-1 % (mean +- std) | vs {baseline} (paired) | 95% CI of the difference | seeds better "
+        "| top-5 % | top-1 per seed | params | GCT params | MACs | train time / run | images/s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
+        ci, wins = "-", "-"
         if s.is_baseline:
             delta = "(plain)"
         elif s.delta_seeds:
             delta = plus_minus(s.delta_top1_mean, s.delta_top1_std, sign=True) + f" (n={s.delta_seeds})"
+            ci, wins = format_interval(s.delta_top1_ci95), f"{s.delta_wins}/{s.delta_seeds}"
         else:
             delta = "-"
         per_seed = ", ".join(f"{seed}: {v:.2f}" for seed, v in zip(s.seeds, s.top1))
         lines.append(
-            f"| {s.model} | {plus_minus(s.top1_mean, s.top1_std)} | {delta} | {plus_minus(s.top5_mean, s.top5_std)} | {per_seed} | "
+            f"| {s.model} | {plus_minus(s.top1_mean, s.top1_std)} | {delta} | {ci} | {wins} | "
+            f"{plus_minus(s.top5_mean, s.top5_std)} | {per_seed} | "
             f"{_si(s.params)} | {s.gct_params if s.gct_params is not None else '-'} | {_si(s.macs)} | "
             f"{format_seconds(s.train_seconds) if not math.isnan(s.train_seconds) else '-'} | "
             f"{s.images_per_sec:.0f} |"
@@ -540,7 +549,9 @@ def _summary_table(summaries: Sequence[ModelSummary], baseline: str) -> list[str
 _TABLE_NOTES = (
     "Accuracies are on the validation set after the last epoch (not the best epoch, which would select on "
     "the test data); +- is the sample standard deviation over seeds. The difference to the plain model is "
-    "paired by seed (same data order and initial seed), mean +- std over the seeds both models have. "
+    "paired by seed (same data order and initial seed), mean +- std over the seeds both models have, with "
+    "its 95% confidence interval (Student's t; an interval containing 0 means the difference is not "
+    "distinguishable from seed noise) and the number of seeds where the model beat the plain one. "
     "MACs per image include GCT (2 per input element); train time and images/s are means per run "
     "(training only, from the engine's summary)."
 )
@@ -579,6 +590,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         row["seeds"] = " ".join(map(str, s.seeds))
         row["top1_per_seed"] = " ".join(f"{v!r}" for v in s.top1)
         row["top5_per_seed"] = " ".join(f"{v!r}" for v in s.top5)
+        row["delta_top1_ci95_low"], row["delta_top1_ci95_high"] = s.delta_top1_ci95 or (None, None)
         summary_rows.append(row)
     paths["summary_csv"] = write_csv(out / "summary.csv", _SUMMARY_COLUMNS, summary_rows)
 

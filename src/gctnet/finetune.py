@@ -45,6 +45,7 @@ from .runs import (
     describe_options,
     finite_mean,
     finite_std,
+    format_interval,
     format_seconds,
     is_finished,
     json_safe,
@@ -53,6 +54,7 @@ from .runs import (
     read_json,
     read_metrics,
     run_status,
+    t_interval95,
     write_csv,
 )
 
@@ -429,6 +431,9 @@ def _table(result: FinetuneResult) -> list[str]:
         lines.append(f"| {r['seed']} | " + " | ".join(f"{r[c]:+.2f}" if c in signed else f"{r[c]:.2f}" for c in cols) + " |")
     s = result.summary
     lines.append("| **mean +- std** | " + " | ".join(plus_minus(s[c]["mean"], s[c]["std"], sign=c in signed) for c in cols) + " |")
+    if len(result.rows) > 1:  # the paired differences' 95% t-intervals (contain 0: not distinguishable from seed noise)
+        cis = [format_interval(t_interval95([r[c] for r in result.rows])) if c in signed else "" for c in cols]
+        lines.append("| **95% CI** | " + " | ".join(cis) + " |")
     return lines
 
 
