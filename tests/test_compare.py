@@ -37,7 +37,7 @@ def test_parse_seeds():
     assert compare.parse_seeds("3") == [0, 1, 2]
     assert compare.parse_seeds(2) == [0, 1]
     assert compare.parse_seeds("5,") == [5]
-    for bad, msg in (("0", ">= 1"), ("a,b", "integers"), ("1,1", "distinct"), ("x", "comma list")):
+    for bad, msg in (("0", ">= 1.*write '0,'"), ("a,b", "integers"), ("1,1", "distinct"), ("x", "comma list")):
         with pytest.raises(compare.CompareError, match=msg):
             compare.parse_seeds(bad)
 

@@ -133,7 +133,7 @@ def parse_seeds(value: Union[str, int, Sequence[int]]) -> list[int]:
         raise TypeError(f"seeds must be an int, a comma list or a sequence of ints, got {value!r}")
     if isinstance(value, int):
         if value < 1:
-            raise CompareError(f"a number of seeds must be >= 1, got {value}")
+            raise CompareError(f"a number of seeds must be >= 1, got {value} (for the single seed {value}, write '{value},')")
         return list(range(value))
     if isinstance(value, str):
         text = value.strip()
