@@ -605,6 +605,7 @@ class _Trainer:
             "batch_size": cfg.batch_size,
             "world_size": self.ctx.world_size,
             "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),  # CPU runs: what the timings above were measured with
             "train_samples": len(self.train_set),
             "val_samples": len(self.val_set),
             "val_evaluated": self.last_val["n"],
