@@ -12,6 +12,7 @@ import torch
 
 from gctnet import finetune
 from gctnet.cli import main as cli_main
+from gctnet.commands import UsageError
 from gctnet.train import ConfigError, TrainConfig, load_checkpoint
 from gctnet.train.engine import load_init_weights
 from helpers import read_csv, requires_fashion_mnist
@@ -156,13 +157,17 @@ def test_cli_with_a_given_plain_network(finished, tmp_path, capsys):
     target = tmp_path / "given"
     args = ["finetune", "--plain", str(finetune.pretrain_dir(out, 0)), "--seeds", "3,", "--out", str(target),
             "--finetune-epochs", "1", "--lr-factor", "0.5"]
-    code = cli_finetune(args)
+    with pytest.raises(UsageError, match=r"pretraining options \(lr, weight_decay\) cannot be combined with --plain"):
+        cli_finetune(args + ["--lr", "0.3", "--weight-decay", "0", "--quiet"])
+    assert not target.exists()
+    code = cli_finetune(args + ["--quiet", "--workers", "0"])  # how to run: applies to the fine-tuning runs
     assert code == 0
     row = read_csv(target / "finetune.csv")[0]
     assert row["seed"] == "3" and row["before_plain_top1"] == row["before_gct_top1"]
     cfg = json.loads((finetune.finetune_dir(target, "resnet20", 3) / "config.json").read_text())
     pre_lr = json.loads((finetune.pretrain_dir(out, 0) / "config.json").read_text())["_resolved"]["lr"]
     assert cfg["lr"] == pytest.approx(0.5 * pre_lr) and cfg["subset"] == 128
+    assert cfg["quiet"] is True and cfg["workers"] == 0
     assert not (target / "pretrain").exists()
     assert "finetune.md" in capsys.readouterr().out
 

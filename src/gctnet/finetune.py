@@ -57,6 +57,7 @@ from .runs import (
     t_interval95,
     write_csv,
 )
+from .train.config import RESUME_OVERRIDABLE
 
 __all__ = [
     "FinetuneError",
@@ -82,6 +83,8 @@ _NOT_INHERITED = {"model", "seed", "out", "resume", "overwrite", "init_from", "e
 
 #: TrainConfig fields the experiment sets for every run
 _PER_RUN = frozenset({"model", "seed", "out", "resume", "overwrite", "init_from"})
+# TrainConfig fields that change how a run executes, not what it computes (valid next to a given plain network)
+EXECUTION_OPTIONS = RESUME_OVERRIDABLE - {"epochs", "resume", "out", "overwrite"}
 
 
 class FinetuneError(CompareError):

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from . import UsageError
 
-_TRAIN_GROUP = "pretraining options (only without --plain; override the preset)"
+_TRAIN_GROUP = ("pretraining options (override the preset; with --plain only the execution options "
+                "--workers/--device/--quiet/--log-interval/--tensorboard/--compile/--deterministic/--data-dir/"
+                "--dist-timeout, which then apply to the fine-tuning runs)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +69,17 @@ def run(args: argparse.Namespace) -> int:
     except CompareError as exc:
         raise UsageError(str(exc)) from exc
     pretrain = train_options_from_args(args)
-    if args.plain is not None and pretrain:
-        raise UsageError(f"pretraining options ({', '.join(sorted(pretrain))}) cannot be combined with --plain "
-                         "(the given network is already trained; use --finetune-option to change the fine-tuning)")
+    finetune_options = dict(args.finetune_options)
+    if args.plain is not None:
+        # how to run (not what to compute) still applies: to the fine-tuning runs
+        recipe = sorted(k for k in pretrain if k not in finetune.EXECUTION_OPTIONS)
+        if recipe:
+            raise UsageError(f"pretraining options ({', '.join(recipe)}) cannot be combined with --plain (the given "
+                             "network is already trained; use --finetune-option to change the fine-tuning)")
+        finetune_options = {**pretrain, **finetune_options}
+        pretrain = {}
     return run_experiment("finetune", lambda: finetune.run(
         args.plain, model=args.model, gct_model=args.gct_model, seeds=seeds, out=args.out, preset=args.preset,
         pretrain_options=pretrain or None, finetune_epochs=args.finetune_epochs, lr_factor=args.lr_factor,
-        finetune_options=dict(args.finetune_options),
+        finetune_options=finetune_options,
     ), lambda result: f"table: {result.paths['md']}")
