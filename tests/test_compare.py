@@ -180,6 +180,15 @@ def test_second_call_skips_finished_runs(finished, monkeypatch):
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("last.pt")}
 
 
+def test_a_call_for_part_of_the_folder_reports_all_of_it(finished, tmp_path):
+    import shutil
+
+    out = shutil.copytree(finished[0], tmp_path / "copy")
+    part = compare.run(["gct_resnet20"], "1,", out, train_options=OPTIONS, log=None, analyze=False)
+    assert [s.model for s in part.summaries] == ["gct_resnet20", "resnet20"] and part.trained == 0
+    assert "summarised (every finished run in the folder): gct_resnet20 0, 1; resnet20 0, 1" in part.report.read_text()
+
+
 def test_other_settings_on_the_same_folder_are_refused(finished):
     out, _, _ = finished
     with pytest.raises(compare.CompareError, match="epochs=1 \\(now 2\\)"):

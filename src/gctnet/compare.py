@@ -565,8 +565,9 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
         preset += f"; overridden here by {describe_options(given)}"
     return [
         preset,
-        f"- models: {', '.join(result.models)}; plain model: {result.baseline}",
-        f"- seeds: {', '.join(map(str, result.seeds))}",
+        f"- models asked for in this call: {', '.join(result.models)}; plain model: {result.baseline}",
+        f"- seeds asked for in this call: {', '.join(map(str, result.seeds))}; summarised (every finished run in the "
+        f"folder): " + ("; ".join(f"{x.model} {', '.join(map(str, x.seeds))}" for x in result.summaries) or "none"),
         f"- training options used: {describe_options(opts)}; everything else is the gctnet.train default (each run's "
         "config.json has the full configuration)",
         f"- report written {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
