@@ -276,3 +276,18 @@ def test_analyze_cli_on_a_run_folder(finished, tmp_path, capsys):
         assert entry["alpha"]["mean"] == pytest.approx(g.alpha.double().mean().item())
         assert entry["beta"]["max"] == pytest.approx(g.beta.double().max().item())
     assert [g["samples"] for g in data["gates"]] == [32] * data["gct_layers"]
+
+
+def test_check_recipe_compares_paths_by_the_file_they_name(tmp_path, monkeypatch):
+    from gctnet.runs import check_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"init_from": str(tmp_path / "plain" / "best.pt"), "lr": 0.1}))
+    monkeypatch.chdir(tmp_path)
+    check_recipe(run, {"init_from": "plain/best.pt", "lr": 0.1})  # relative spelling of the same file: fine
+    check_recipe(run, {"init_from": "./plain/../plain/best.pt", "lr": 0.1})
+    with pytest.raises(ValueError, match=r"init_from=.*other/best.pt"):
+        check_recipe(run, {"init_from": "other/best.pt", "lr": 0.1})
+    with pytest.raises(ValueError, match=r"lr=0.1 \(now 0.2\)"):
+        check_recipe(run, {"init_from": "plain/best.pt", "lr": 0.2})

@@ -133,7 +133,7 @@ def check_recipe(path: Path, intended: Mapping[str, Any], error: type[Exception]
     diffs = [
         f"{k}={saved[k]!r} (now {v!r})"
         for k, v in intended.items()
-        if k not in skip and k in saved and _normal(saved[k]) != _normal(v)
+        if k not in skip and k in saved and _normal(saved[k], k) != _normal(v, k)
     ]
     if diffs:
         raise error(
@@ -142,9 +142,14 @@ def check_recipe(path: Path, intended: Mapping[str, Any], error: type[Exception]
         )
 
 
-def _normal(value: Any) -> Any:
+_PATH_FIELDS = frozenset({"init_from"})  # recipe fields holding a path: the same file however it is spelled
+
+
+def _normal(value: Any, key: str = "") -> Any:
     if isinstance(value, (tuple, list)):
         return [_normal(v) for v in value]
+    if key in _PATH_FIELDS and isinstance(value, (str, Path)) and str(value):
+        return os.path.realpath(value)
     if isinstance(value, Path):
         return str(value)
     return value
