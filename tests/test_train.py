@@ -100,10 +100,11 @@ def assert_same_optimizer(a: Dict[str, Any], b: Dict[str, Any]) -> None:
 def test_run_writes_all_outputs(tmp_path, fashion):
     out = tmp_path / "run"
     rng_before = torch.get_rng_state()
+    sigint_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
     summary = run(tiny_config(out, subset=512))
     assert torch.equal(torch.get_rng_state(), rng_before)  # global state restored
     assert not torch.are_deterministic_algorithms_enabled()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_before
 
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "summary.json", "model.safetensors", "log.txt"):
         assert (out / name).is_file(), name
@@ -187,12 +188,13 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion):
         return out
 
     TRAIN_HOOK["fn"] = raise_sigint
+    sigint_before = signal.getsignal(signal.SIGINT)
     stopped = tmp_path / "stopped"
     with pytest.raises(TrainingInterrupted, match=r"SIGINT received.*epoch 2, batch 2/4.*--resume") as info:
         run(tiny_config(stopped))
     TRAIN_HOOK["fn"] = None
     assert info.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # handler restored
     ckpt = load_pt(stopped / "last.pt")
     assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]) == (1, 2, 6)
 
