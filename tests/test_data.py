@@ -163,6 +163,15 @@ def test_random_crop_flip_matches_per_image_reference():
     assert torch.equal(random_crop_flip(x, 0, False), x)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_random_crop_flip_gives_canonical_contiguous_strides(channels):
+    # With one channel a permuted N x H x W x 1 gather counts as contiguous but has channels_last
+    # strides, which oneDNN then propagates through the network; the batch must have plain strides.
+    x = torch.zeros(4, channels, 6, 6, dtype=torch.uint8)
+    out = random_crop_flip(x, padding=1, hflip=True, generator=torch.Generator().manual_seed(0))
+    assert out.stride() == (channels * 36, 36, 6, 1)
+
+
 def test_batches_reproducible_and_resumable(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
     make_fake_fashion(tmp_path)

@@ -51,7 +51,10 @@ def random_crop_flip(
     dev = x.device
     batch = torch.arange(n, device=dev)[:, None, None]
     out = x[batch, :, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # N x H x W x C
-    return out.permute(0, 3, 1, 2).contiguous()
+    # clone, not .contiguous(): with C == 1 the permuted view already counts as contiguous, but its
+    # strides (H*W, 1, W, 1) also read as channels_last, which makes oneDNN run the whole network in
+    # channels_last (and torch 2.14's 1x1 stride-2 conv backward crashes on it for < 8 channels)
+    return out.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 class TensorTransform:
