@@ -15,6 +15,8 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx]'
+	@# the C++ CPU kernels, compiled once (~30 s); without a compiler gctnet falls back to PyTorch ops
+	-$(BIN)/gctnet kernels --build
 	touch $(STAMP)
 
 install: $(STAMP)

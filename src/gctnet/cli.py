@@ -20,6 +20,7 @@ COMMANDS = {
     "analyze": "what GCT learned: alpha/gamma/beta and gate statistics per layer, plots",
     "bench": "benchmarks: layer, model, all",
     "info": "parameters, GCT parameters, MACs and activation memory of models",
+    "kernels": "which GCT implementation runs where; --build compiles the C++ CPU kernels",
     "finetune": "insert GCT into a trained plain network and fine-tune it vs the plain network (paper's experiment)",
 }
 

@@ -17,6 +17,10 @@ Implementation notes
 * Training uses :class:`_GCTFunction`, a hand-written autograd function: the forward makes one reduction
   read of ``x`` plus one read+write for the scaling; it saves only ``x`` and per-(sample, channel)
   statistics; the backward makes one reduction over ``(grad, x)`` and one pointwise pass.
+* Eager CPU work (forward, backward, and the lean GCT+conv recomputation) runs the fused C++ kernels of
+  :mod:`gctnet.kernels.cpu_ops` when the backend allows (``auto``/``cpp``): per sample, the reduction
+  and the pointwise pass share one read of the sample's slab from memory.  Same math, same saved
+  tensors; ``GCTNET_BACKEND=eager`` keeps the PyTorch ops below.
 * Under ``torch.fx``/``torch.export``/ONNX/TorchScript tracing the same math runs as plain traceable
   ops (:func:`gct_reference` is *not* used there; that is the paper's formula kept for tests/benchmarks).
 """
@@ -291,6 +295,28 @@ def _scale(x: Tensor, gate: Tensor) -> Tensor:
     return x * gate.to(x.dtype).view(_stat_shape(x))
 
 
+def _native(x: Tensor):
+    """The C++ CPU kernels (:mod:`gctnet.kernels.cpu_ops`) for eager work on ``x``, or ``None``."""
+    if x.device.type != "cpu" or _is_compiling():
+        return None
+    from . import kernels  # local import: the backend registry imports this module
+
+    return kernels.cpu_kernels(x)
+
+
+def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
+    """``(y, t, s, e, norm_inv)``: the output and the statistics the backward needs.
+
+    Eager CPU work runs the fused C++ kernel (one pass per sample while its slab is in the cache);
+    everything else the PyTorch ops: one reduction read of x, one read+write for the scaling.
+    """
+    native = _native(x)
+    if native is not None:
+        return native.forward(x, alpha, gamma, beta, eps, mode, after_relu)
+    t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
+    return _scale(x, 1.0 + t), t, s, e, norm_inv
+
+
 def gct_gate(
     x: Tensor,
     alpha: Tensor,
@@ -322,8 +348,7 @@ class _GCTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, gamma, beta, eps, mode, after_relu):  # type: ignore[override]
         with _no_autocast(x.device.type):
-            t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
-            y = _scale(x, 1.0 + t)
+            y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu)
         ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
         ctx.param_dtypes = (alpha.dtype, gamma.dtype, beta.dtype)
         ctx.save_for_backward(x, alpha, gamma, beta, t, s, e, norm_inv)
@@ -334,6 +359,9 @@ class _GCTFunction(torch.autograd.Function):
         """``gct(x)`` again from the saved tensors: one pointwise pass, no reduction (used by the
         lean-memory GCT+conv path of :mod:`gctnet.surgery`)."""
         x, t = ctx.saved_tensors[0], ctx.saved_tensors[4]
+        native = _native(x)
+        if native is not None:
+            return native.scale(x, t)
         with _no_autocast(x.device.type):
             return _scale(x, 1.0 + t)
 
@@ -354,6 +382,18 @@ class _GCTFunction(torch.autograd.Function):
         """
         x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
         acc = t.dtype
+        native = _native(x)
+        if native is not None:  # the fused C++ CPU kernel: dot product, gate math and grad_x per sample
+            need_x = ctx.needs_input_grad[0]
+            grad_x = None
+            if need_x:
+                grad_x = dy if reuse_grad and _reusable(dy, x) else torch.empty_like(x)
+            grads = native.backward(dy, x, alpha, gamma, t, s, e, norm_inv, ctx.mode, ctx.after_relu, grad_x)
+            grad_alpha, grad_gamma, grad_beta = (
+                g.to(dt) if need else None
+                for g, dt, need in zip(grads, ctx.param_dtypes, ctx.needs_input_grad[1:4])
+            )
+            return grad_x, grad_alpha, grad_gamma, grad_beta, None, None, None
         with _no_autocast(x.device.type):
             # dL/dgate, per (n, c): the only full-size reduction of the backward
             p = _dot_spatial(dy, x, acc)
@@ -460,8 +500,7 @@ def gct(
     if needs_grad:
         return _GCTFunction.apply(x, alpha, gamma, beta, eps, mode, after_relu)
     with _no_autocast(x.device.type):
-        t = _stats(x, alpha, gamma, beta, eps, mode, after_relu)[0]
-        return _scale(x, 1.0 + t)
+        return _forward(x, alpha, gamma, beta, eps, mode, after_relu)[0]
 
 
 def gct_reference(

@@ -1,10 +1,16 @@
-"""Backend selection for GCT: accelerated kernels (Triton on CUDA) or the lean eager path.
+"""Backend selection for GCT: accelerated kernels (Triton on CUDA, C++ on CPU) or the lean eager path.
 
-``GCTNET_BACKEND=auto|triton|eager`` (environment) or :func:`set_backend` choose the path:
+``GCTNET_BACKEND=auto|triton|cpp|eager`` (environment) or :func:`set_backend` choose the path:
 
-* ``auto`` (default): the Triton kernels for CUDA tensors when Triton is importable, else eager;
+* ``auto`` (default): the Triton kernels for CUDA tensors when Triton is importable; the C++ CPU
+  kernels (:mod:`gctnet.kernels.cpu_ops`, built on first use) for CPU tensors when they can be built;
+  the lean PyTorch path otherwise (with one warning when the C++ kernels could not be built);
 * ``triton``: always the Triton kernels (CPU tensors too, which needs ``TRITON_INTERPRET=1``);
+* ``cpp``: the C++ kernels for CPU tensors (an error if they cannot be built); eager elsewhere;
 * ``eager``: the lean PyTorch path of :mod:`gctnet.functional` everywhere.
+
+The C++ kernels run inside :class:`gctnet.functional._GCTFunction` (same saved tensors), so the lean
+GCT+conv path of :mod:`gctnet.surgery` uses them too; :func:`cpu_kernels` says when.
 
 Export/tracing paths never come here: :func:`gctnet.functional.gct` switches to plain ops first.
 """
@@ -12,14 +18,17 @@ Export/tracing paths never come here: :func:`gctnet.functional.gct` switches to 
 from __future__ import annotations
 
 import os
+import warnings
+from types import ModuleType
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["BACKENDS", "get_backend", "set_backend", "select", "triton_available"]
+__all__ = ["BACKENDS", "get_backend", "set_backend", "select", "cpu_kernels", "triton_available", "report"]
 
-BACKENDS = ("auto", "triton", "eager")
+BACKENDS = ("auto", "triton", "cpp", "eager")
 _backend: Optional[str] = None
+_warned_cpp = False
 
 
 def _check(name: str, source: str) -> str:
@@ -52,7 +61,7 @@ def triton_available() -> bool:
 def select(x: torch.Tensor) -> Optional[Callable[..., torch.Tensor]]:
     """The accelerated op to use for ``x``, or ``None`` for the eager path."""
     backend = get_backend()
-    if backend == "eager":
+    if backend in ("eager", "cpp"):
         return None
     if backend == "auto" and not (x.is_cuda and triton_available()):
         return None
@@ -63,3 +72,78 @@ def select(x: torch.Tensor) -> Optional[Callable[..., torch.Tensor]]:
             raise RuntimeError(f"GCTNET_BACKEND=triton but the Triton kernels are unavailable: {exc}") from exc
         return None
     return triton_ops.op_for(x)
+
+
+def cpu_kernels(x: torch.Tensor) -> Optional[ModuleType]:
+    """:mod:`gctnet.kernels.cpu_ops` when the C++ CPU kernels should run on ``x``, else ``None``.
+
+    They run for tensors they support (non-empty CPU floating tensors) under the ``auto`` and ``cpp``
+    backends, once built.  Under ``auto`` a failed build warns once and falls back to eager; under
+    ``cpp`` it raises.  The caller checks that it is not compiling or tracing.
+    """
+    global _warned_cpp
+    backend = get_backend()
+    if backend not in ("auto", "cpp"):
+        return None
+    from . import cpu_ops
+
+    if not cpu_ops.supports(x):
+        return None
+    st = cpu_ops.status() or cpu_ops.load()
+    if st.available:
+        return cpu_ops
+    if backend == "cpp":
+        raise RuntimeError(f"GCTNET_BACKEND=cpp but the C++ CPU kernels are unavailable: {st.reason}")
+    if not _warned_cpp:
+        _warned_cpp = True
+        warnings.warn(
+            "gctnet: the C++ CPU kernels could not be built, so GCT uses the (slower) PyTorch path on CPU: "
+            f"{st.reason}. `gctnet kernels` shows details; GCTNET_BACKEND=eager silences this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
+
+
+def report(build: bool = False, verbose: bool = False) -> dict:
+    """What runs where: the backend, Triton/CUDA availability and the C++ CPU kernels' state.
+
+    ``build=True`` loads the C++ kernels (compiling them if there is no cached build); otherwise only
+    says whether a cached build exists.
+    """
+    from . import cpu_ops
+
+    cpp: dict = {"cache_dir": str(cpu_ops.cache_dir())}
+    st = cpu_ops.status()
+    if build and st is None:
+        st = cpu_ops.load(verbose=verbose)
+    if st is not None:
+        cpp.update(available=st.available, state=st.describe(), path=st.path, reason=st.reason, built_now=st.built,
+                   seconds=round(st.seconds, 2))
+    else:
+        lib = cpu_ops.cached_build()
+        cpp.update(available=None, path=str(lib) if lib else None,
+                   state=f"cached build: {lib}" if lib else "not built yet (built on first CPU use, or: gctnet kernels --build)")
+    backend = get_backend()
+    return {
+        "backend": backend,
+        "backend_source": "set_backend()" if _backend is not None else (
+            "GCTNET_BACKEND" if os.environ.get("GCTNET_BACKEND") else "default"),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "triton_available": triton_available(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpp_kernels": cpp,
+        "cpu_path": _cpu_path(backend, cpp),
+        "cuda_path": "Triton kernels" if backend in ("auto", "triton") and triton_available() else "PyTorch ops (lean eager)",
+    }
+
+
+def _cpu_path(backend: str, cpp: dict) -> str:
+    if backend == "eager":
+        return "PyTorch ops (lean eager)"
+    if backend == "triton":
+        return "Triton interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "PyTorch ops (lean eager)"
+    if cpp.get("available") is False:
+        return "PyTorch ops (lean eager): the C++ kernels are unavailable" + (" (an error under cpp)" if backend == "cpp" else "")
+    return "C++ kernels"

@@ -1,0 +1,284 @@
+"""GCT's C++ CPU kernels: fused per-sample forward/backward, built on first use and cached.
+
+The source is ``csrc/gct_cpu.cpp`` (shipped with the package).  It is compiled once per machine,
+torch version and source version with :func:`torch.utils.cpp_extension.load` (ninja and a C++
+compiler are needed for that one build; loading a cached build needs neither) into
+``$GCTNET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/gctnet`` or ``~/.cache/gctnet``).  ``make install``
+and ``gctnet kernels --build`` build it ahead of time.
+
+The library registers three ops in the ``gctnet_cpu`` namespace (CPU dispatch key):
+
+* ``forward(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)``: per sample, the
+  spatial reduction, the gate math and the scaling while the sample's slab is still in the cache;
+* ``scale(x, t) -> x * (1 + t)``: the output rebuilt from the saved statistics (lean GCT+conv path);
+* ``backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
+  -> (grad_alpha, grad_gamma, grad_beta)``: per sample, the dot product of (grad_y, x), the gate
+  backward math and grad_x, written into ``grad_x`` (which may be ``grad_y`` itself; numel 0: skipped).
+
+The statistics and saved tensors are those of :class:`gctnet.functional._GCTFunction`, which calls
+these ops for eager CPU work when the backend (:mod:`gctnet.kernels`) allows it.  Fake (meta)
+implementations are registered so ``torch.library.opcheck`` and FakeTensor tracing can check them;
+gctnet itself never calls them while compiling.
+
+``python -m gctnet.kernels.cpu_ops`` (or ``gctnet kernels --build``) builds and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SOURCE",
+    "SUPPORTED_DTYPES",
+    "KernelStatus",
+    "cache_dir",
+    "cached_build",
+    "load",
+    "status",
+    "supports",
+    "forward",
+    "scale",
+    "backward",
+]
+
+SOURCE = Path(__file__).with_name("csrc") / "gct_cpu.cpp"
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_NAME = "gctnet_cpu"
+_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG")
+_OK_MARKER = "gctnet-build-ok"
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    """Whether the C++ CPU kernels are loaded in this process, from where, or why not."""
+
+    available: bool
+    path: Optional[str]  # the shared library that was loaded
+    reason: str  # "" when available; otherwise why not, in one line
+    built: bool = False  # True when this process compiled it
+    seconds: float = 0.0  # time spent loading (and building)
+
+    def describe(self) -> str:
+        if self.available:
+            how = f"built in {self.seconds:.0f} s" if self.built else "cached build"
+            return f"loaded ({how}): {self.path}"
+        return f"unavailable: {self.reason}"
+
+
+_lock = threading.Lock()
+_status: Optional[KernelStatus] = None
+
+
+def _tag() -> str:
+    """Build key: the source, the flags, torch, Python and the platform."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (*_CFLAGS, torch.__version__, str(torch.version.git_version), sys.version, platform.machine(), sys.platform):
+        h.update(b"\0" + str(part).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where this build of the kernels lives (``$GCTNET_CACHE_DIR`` or the user cache)."""
+    root = os.environ.get("GCTNET_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg, "gctnet") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "gctnet")
+    return Path(root) / "cpu-kernels" / f"torch{torch.__version__.split('+')[0]}-{_tag()}"
+
+
+def _library_file(directory: Path) -> Optional[Path]:
+    for ext in (".so", ".pyd", ".dylib"):
+        candidate = directory / f"{_NAME}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _ops_registered() -> bool:
+    try:
+        torch.ops.gctnet_cpu.forward  # noqa: B018 - raises AttributeError until the library is loaded
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _build_or_load(verbose: bool, quiet: bool) -> KernelStatus:
+    start = time.perf_counter()
+    if _ops_registered():
+        return KernelStatus(True, "(already registered)", "", False, 0.0)
+    if not SOURCE.is_file():
+        return KernelStatus(False, None, f"the kernel source {SOURCE} is missing from the installation")
+    directory = cache_dir()
+    lib = _library_file(directory)
+    if lib is not None and (directory / _OK_MARKER).is_file():
+        try:
+            torch.ops.load_library(str(lib))
+            return KernelStatus(True, str(lib), "", False, time.perf_counter() - start)
+        except Exception as exc:  # a stale or foreign file: rebuild below
+            if not quiet:
+                print(f"gctnet: cached C++ CPU kernels could not be loaded ({_one_line(exc)}); rebuilding", file=sys.stderr)
+    try:
+        from torch.utils import cpp_extension
+
+        directory.mkdir(parents=True, exist_ok=True)
+        if not quiet:
+            print(
+                f"gctnet: compiling the C++ CPU kernels (once per machine and torch version, ~30 s) into {directory}",
+                file=sys.stderr,
+                flush=True,
+            )
+        path = cpp_extension.load(
+            name=_NAME,
+            sources=[str(SOURCE)],
+            extra_cflags=list(_CFLAGS),
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=verbose,
+        )
+        # written last and atomically: another process loads the library directly only after this
+        marker = directory / _OK_MARKER
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(f"{torch.__version__}\n")
+        os.replace(tmp, marker)
+    except Exception as exc:
+        return KernelStatus(False, None, _one_line(exc), False, time.perf_counter() - start)
+    lib = _library_file(directory)
+    return KernelStatus(True, str(lib or path), "", True, time.perf_counter() - start)
+
+
+def load(verbose: bool = False, quiet: bool = False) -> KernelStatus:
+    """Load the kernels (building them first if there is no cached build); once per process.
+
+    Never raises: a failed build is reported in the returned status (``available=False``, ``reason``)
+    and the callers use the PyTorch path.
+    """
+    global _status
+    if _status is None:
+        with _lock:
+            if _status is None:
+                st = _build_or_load(verbose, quiet)
+                if st.available:
+                    try:
+                        _register_fakes()
+                    except Exception as exc:  # pragma: no cover - only FakeTensor tracing needs them
+                        print(f"gctnet: fake kernels of the C++ CPU ops not registered: {_one_line(exc)}", file=sys.stderr)
+                _status = st
+    return _status
+
+
+def cached_build() -> Optional[Path]:
+    """The cached shared library for this source/torch/Python, if one was built (without loading it)."""
+    directory = cache_dir()
+    lib = _library_file(directory)
+    return lib if lib is not None and (directory / _OK_MARKER).is_file() else None
+
+
+def status() -> Optional[KernelStatus]:
+    """The status of an earlier :func:`load` in this process, or ``None`` if none was attempted."""
+    return _status
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the kernels take ``x``: a non-empty CPU tensor (N, C, *spatial) of a supported dtype."""
+    return x.device.type == "cpu" and x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the ops (callers check supports(x) and load() first)
+# --------------------------------------------------------------------------------------------------
+def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
+    """``(y, t, s, e, norm_inv)`` as :func:`gctnet.functional._stats` plus the scaled output."""
+    return torch.ops.gctnet_cpu.forward(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))
+
+
+def scale(x: Tensor, t: Tensor) -> Tensor:
+    """``x * (1 + t)`` with ``t`` (N, C), in x's dtype and layout."""
+    return torch.ops.gctnet_cpu.scale(x, t)
+
+
+def backward(
+    grad_y: Tensor,
+    x: Tensor,
+    alpha: Tensor,
+    gamma: Tensor,
+    t: Tensor,
+    s: Tensor,
+    e: Tensor,
+    norm_inv: Tensor,
+    mode: str,
+    after_relu: bool,
+    grad_x: Optional[Tensor],
+):
+    """``(grad_alpha, grad_gamma, grad_beta)`` in the statistics' dtype; grad_x written into ``grad_x``.
+
+    ``grad_x`` may be ``grad_y`` itself (in place) or a fresh tensor like ``x``; ``None`` skips it.
+    """
+    out = x.new_empty((0,)) if grad_x is None else grad_x
+    return torch.ops.gctnet_cpu.backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, bool(after_relu), out)
+
+
+def _register_fakes() -> None:
+    """Meta/fake implementations (shapes, dtypes, strides) for FakeTensor tracing and opcheck."""
+
+    def acc(x: Tensor) -> torch.dtype:
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def stats(x: Tensor, cols: int) -> Tensor:
+        return x.new_empty((x.shape[0], cols), dtype=acc(x))
+
+    @torch.library.register_fake("gctnet_cpu::forward")
+    def _forward_fake(x, alpha, gamma, beta, eps, gct_mode, after_relu):
+        c = x.shape[1]
+        y = torch.empty_like(x if _addressable(x) else x.contiguous())
+        return y, stats(x, c), stats(x, c), stats(x, c), stats(x, 1)
+
+    @torch.library.register_fake("gctnet_cpu::scale")
+    def _scale_fake(x, t):
+        return torch.empty_like(x if _addressable(x) else x.contiguous())
+
+    @torch.library.register_fake("gctnet_cpu::backward")
+    def _backward_fake(grad_y, x, alpha, gamma, t, s, e, norm_inv, gct_mode, after_relu, grad_x):
+        c = x.shape[1]
+        return tuple(x.new_empty((c,), dtype=acc(x)) for _ in range(3))
+
+
+def _addressable(x: Tensor) -> bool:
+    """The layouts the C++ kernels address without a copy (their output keeps it)."""
+    if x.is_contiguous():
+        return True
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return True
+    if x.dim() == 3:
+        c, l = x.shape[1], x.shape[2]
+        return x.stride(1) == 1 and x.stride(2) == c and x.stride(0) == c * l
+    return False
+
+
+def _main(argv: Optional[list] = None) -> int:
+    """``python -m gctnet.kernels.cpu_ops``: the same as ``gctnet kernels --build``."""
+    from ..cli import main
+
+    return main(["kernels", "--build", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main())

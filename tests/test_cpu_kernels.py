@@ -1,0 +1,402 @@
+"""The C++ CPU kernels (gctnet.kernels.cpu_ops) against the PyTorch (eager) path, and their plumbing.
+
+The kernels are built once per machine (``make install`` does it; otherwise the first use).  Where a
+C++ toolchain exists, a failed build fails ``test_kernels_build_where_a_toolchain_exists``; the parity
+tests skip only where the kernels cannot be had at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from gctnet import kernels
+from gctnet import functional as F
+from gctnet.kernels import cpu_ops
+
+STATUS = cpu_ops.load(quiet=True)
+needs_cpp = pytest.mark.skipif(not STATUS.available, reason=f"C++ CPU kernels unavailable: {STATUS.reason}")
+
+
+def _toolchain() -> bool:
+    if not (shutil.which("c++") or shutil.which("g++")):
+        return False
+    try:
+        from torch.utils.cpp_extension import verify_ninja_availability
+
+        verify_ninja_availability()
+    except Exception:
+        return False
+    return True
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x.transpose(1, 2).contiguous().transpose(1, 2)  # (N, L, C) storage
+
+
+def _params(c: int, dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    alpha = 1.0 + 0.2 * torch.randn(c, generator=g)
+    gamma = torch.randn(c, generator=g)
+    beta = 0.5 * torch.randn(c, generator=g)
+    return [p.to(dtype).requires_grad_(True) for p in (alpha, gamma, beta)]
+
+
+def _run(backend, x, params, dy, mode="l2", after_relu=False, grad_x=True):
+    kernels.set_backend(backend)
+    try:
+        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad_x)
+        y = F.gct(xg, *params, mode=mode, after_relu=after_relu)
+        inputs = ([xg] if grad_x else []) + list(params)
+        grads = torch.autograd.grad(y, inputs, dy)
+    finally:
+        kernels.set_backend(None)
+    return y, grads
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """Counts calls of the C++ ops, so a test can check that they (not the PyTorch path) ran."""
+    calls = {"forward": 0, "backward": 0, "scale": 0}
+    for name in calls:
+        original = getattr(cpu_ops, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_ops, name, counted)
+    return calls
+
+
+def test_kernels_build_where_a_toolchain_exists():
+    if not _toolchain():
+        pytest.skip("no C++ compiler or ninja here: gctnet uses the PyTorch path on CPU")
+    assert STATUS.available, f"the C++ CPU kernels failed to build: {STATUS.reason}"
+    assert STATUS.path and os.path.isfile(STATUS.path)
+
+
+CASES = [
+    # shape, channels_last, mode, after_relu
+    ((3, 8, 5, 7), False, "l2", False),
+    ((3, 8, 5, 7), True, "l2", False),
+    ((3, 4, 11), False, "l1", False),
+    ((3, 4, 11), True, "l2", False),
+    ((2, 6, 3, 4, 5), True, "l1", True),
+    ((2, 6, 3, 4, 5), False, "l2", False),
+    ((3, 8, 5, 7), True, "l1", False),
+    ((3, 5, 1, 1), False, "l2", False),
+    ((2, 33, 3, 3), True, "l1", True),
+]
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape,channels_last,mode,after_relu", CASES)
+def test_matches_eager_float64(shape, channels_last, mode, after_relu, count_calls):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    if after_relu:
+        x = x.relu()
+    if channels_last:
+        x = _channels_last(x)
+    dy = torch.randn_like(x)
+    params = _params(shape[1], torch.float64)
+    y, grads = _run("cpp", x, params, dy, mode, after_relu)
+    assert count_calls["forward"] == 1 and count_calls["backward"] == 1
+    y_ref, grads_ref = _run("eager", x, params, dy, mode, after_relu)
+    assert y.dtype == x.dtype and y.stride() == y_ref.stride() == x.stride()
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+    assert grads[0].stride() == x.stride()
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_eager_low_precision(dtype, tol, channels_last):
+    torch.manual_seed(1)
+    x = (3 * torch.randn(4, 16, 6, 6)).to(dtype)
+    if channels_last:
+        x = _channels_last(x)
+    dy = torch.randn_like(x)
+    params = _params(16)
+    y, grads = _run("cpp", x, params, dy)
+    y_ref, grads_ref = _run("eager", x, params, dy)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=tol, atol=tol)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        torch.testing.assert_close(g.float(), g_ref.float(), rtol=tol, atol=tol * max(1.0, g_ref.abs().max().item()))
+
+
+@needs_cpp
+def test_float16_large_activation_stays_finite():
+    # RMS 10 at 56x56: the sum of squares overflows float16, the float32 statistics do not
+    x = (10 * torch.randn(2, 4, 56, 56)).half()
+    kernels.set_backend("cpp")
+    try:
+        y = F.gct(x, *[p.detach() for p in _params(4)])
+    finally:
+        kernels.set_backend(None)
+    assert torch.isfinite(y).all()
+
+
+@needs_cpp
+def test_identity_at_init_is_bitwise():
+    x = torch.randn(4, 8, 5, 5)
+    alpha, gamma, beta = torch.ones(8), torch.zeros(8), torch.zeros(8)
+    for p in (alpha, gamma, beta):
+        p.requires_grad_(True)
+    dy = torch.randn_like(x)
+    y, (gx, *_) = _run("cpp", x, (alpha, gamma, beta), dy)
+    assert torch.equal(y, x)
+    assert torch.equal(gx, dy)  # gamma = 0: the gate's gradient path contributes exactly 0
+
+
+@needs_cpp
+@pytest.mark.parametrize("mode,after_relu", [("l2", False), ("l1", False), ("l1", True)])
+def test_gradcheck(mode, after_relu):
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if after_relu:
+        x = x.relu() + 0.1
+    x.requires_grad_(True)
+    params = _params(3, torch.float64)
+    kernels.set_backend("cpp")
+    try:
+        assert torch.autograd.gradcheck(lambda *a: F.gct(*a, mode=mode, after_relu=after_relu), (x, *params))
+    finally:
+        kernels.set_backend(None)
+
+
+@needs_cpp
+def test_few_samples_run_in_phases_across_threads():
+    """Fewer samples than threads (contiguous): the kernels parallelise over (n, c) rows instead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(3)
+        x = torch.randn(1, 12, 9, 9, dtype=torch.float64)
+        dy = torch.randn_like(x)
+        params = _params(12, torch.float64)
+        y, grads = _run("cpp", x, params, dy)
+        y_ref, grads_ref = _run("eager", x, params, dy)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@needs_cpp
+def test_other_strides_and_gradient_layouts():
+    torch.manual_seed(4)
+    base = torch.randn(3, 10, 6, 6, dtype=torch.float64)
+    x = base[:, ::2]  # not dense: copied to contiguous inside
+    params = _params(5, torch.float64)
+    for dy in (
+        torch.randn(3, 5, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last),  # other layout
+        torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(3, 5, 6, 6),  # expanded, as from y.sum()
+    ):
+        y, grads = _run("cpp", x, params, dy)
+        y_ref, grads_ref = _run("eager", x, params, dy)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        for g, g_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@needs_cpp
+def test_input_without_grad_skips_grad_x():
+    x = torch.randn(2, 3, 4, 4)
+    dy = torch.randn_like(x)
+    params = _params(3)
+    _, grads = _run("cpp", x, params, dy, grad_x=False)
+    _, grads_ref = _run("eager", x, params, dy, grad_x=False)
+    assert len(grads) == 3
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_backward_into_writes_grad_x_into_the_given_gradient():
+    from gctnet.surgery import _InnerCtx
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 4, 5, 5)
+    alpha, gamma, beta = (p.detach() for p in _params(4))
+    kernels.set_backend("cpp")
+    try:
+        ctx = _InnerCtx((True, True, True, True, False, False, False))
+        F._GCTFunction.forward(ctx, x, alpha, gamma, beta, 1e-5, "l2", False)
+        dy = torch.randn_like(x)
+        expected = F._GCTFunction.backward_into(ctx, dy.clone(), reuse_grad=False)
+        grad_x = F._GCTFunction.backward_into(ctx, dy, reuse_grad=True)[0]
+    finally:
+        kernels.set_backend(None)
+    assert grad_x.data_ptr() == dy.data_ptr()
+    torch.testing.assert_close(grad_x, expected[0], rtol=0, atol=0)
+
+
+@needs_cpp
+def test_gct_conv_lean_path_uses_the_kernels(count_calls):
+    from gctnet import apply_gct
+
+    torch.manual_seed(6)
+    lean = apply_gct(torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1)))
+    plain = apply_gct(torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1)), checkpoint=False)
+    with torch.no_grad():
+        lean[0].gct.gamma.normal_()
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(3, 4, 7, 7)
+    kernels.set_backend("cpp")
+    try:
+        lean(x).square().sum().backward()
+        assert count_calls == {"forward": 1, "backward": 1, "scale": 1}
+    finally:
+        kernels.set_backend(None)
+    kernels.set_backend("eager")
+    try:
+        plain(x).square().sum().backward()
+    finally:
+        kernels.set_backend(None)
+    for (name, p), q in zip(lean.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_cpp
+def test_opcheck():
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 4, 5)
+    alpha, gamma, beta = (p.detach() for p in _params(3))
+    torch.library.opcheck(torch.ops.gctnet_cpu.forward.default, (x, alpha, gamma, beta, 1e-5, "l2", False))
+    y, t, s, e, ni = cpu_ops.forward(x, alpha, gamma, beta, 1e-5, "l2", False)
+    torch.library.opcheck(torch.ops.gctnet_cpu.scale.default, (x, t))
+    args = (torch.randn_like(x), x, alpha, gamma, t, s, e, ni, "l2", False, torch.empty_like(x))
+    torch.library.opcheck(torch.ops.gctnet_cpu.backward.default, args)
+
+
+@needs_cpp
+def test_ops_reject_bad_input():
+    alpha, gamma, beta = torch.ones(3), torch.zeros(3), torch.zeros(3)
+    with pytest.raises(RuntimeError, match="mode must be 'l2' or 'l1'"):
+        cpu_ops.forward(torch.randn(2, 3, 4), alpha, gamma, beta, 1e-5, "l3", False)
+    with pytest.raises(RuntimeError, match=r"\(N, C, \*spatial\)"):
+        cpu_ops.forward(torch.randn(2, 3), alpha, gamma, beta, 1e-5, "l2", False)
+    with pytest.raises(RuntimeError, match="must have 4 elements"):
+        cpu_ops.forward(torch.randn(2, 4, 5), alpha, gamma, beta, 1e-5, "l2", False)
+
+
+def test_unsupported_tensors_take_the_pytorch_path():
+    assert not cpu_ops.supports(torch.randn(0, 3, 4))
+    assert not cpu_ops.supports(torch.randn(2, 3, 4, device="meta"))
+    assert cpu_ops.supports(torch.randn(2, 3, 4)) and cpu_ops.supports(torch.randn(2, 3, 4, dtype=torch.bfloat16))
+    kernels.set_backend("cpp")
+    try:
+        assert kernels.cpu_kernels(torch.randn(0, 3, 4)) is None
+        y = F.gct(torch.randn(0, 3, 4), torch.ones(3), torch.zeros(3), torch.zeros(3))
+        assert y.shape == (0, 3, 4)
+    finally:
+        kernels.set_backend(None)
+
+
+def test_eager_backend_never_loads_the_kernels(monkeypatch, count_calls):
+    kernels.set_backend("eager")
+    try:
+        assert kernels.cpu_kernels(torch.randn(2, 3, 4)) is None
+        F.gct(torch.randn(2, 3, 4, requires_grad=True), *_params(3)).sum().backward()
+    finally:
+        kernels.set_backend(None)
+    assert count_calls == {"forward": 0, "backward": 0, "scale": 0}
+
+
+def test_unavailable_kernels_warn_once_under_auto_and_raise_under_cpp(monkeypatch):
+    monkeypatch.setattr(cpu_ops, "_status", cpu_ops.KernelStatus(False, None, "no compiler (test)"))
+    monkeypatch.setattr(kernels, "_warned_cpp", False)
+    x = torch.randn(2, 3, 4)
+    params = [p.detach() for p in _params(3)]
+    kernels.set_backend("auto")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"could not be built.*no compiler \(test\)"):
+            y = F.gct(x, *params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            F.gct(x, *params)  # no second warning
+        kernels.set_backend("cpp")
+        with pytest.raises(RuntimeError, match="GCTNET_BACKEND=cpp but the C\\+\\+ CPU kernels are unavailable"):
+            F.gct(x, *params)
+    finally:
+        kernels.set_backend(None)
+    kernels.set_backend("eager")
+    try:
+        torch.testing.assert_close(y, F.gct(x, *params))
+    finally:
+        kernels.set_backend(None)
+
+
+def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    def broken(**kwargs):
+        raise RuntimeError("g++: fatal error: no input files\nsecond line")
+
+    monkeypatch.setenv("GCTNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_ops, "_ops_registered", lambda: False)
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    st = cpu_ops._build_or_load(verbose=False, quiet=True)
+    assert not st.available and st.path is None
+    assert st.reason == "RuntimeError: g++: fatal error: no input files second line"
+    assert "unavailable: RuntimeError" in st.describe()
+    assert cpu_ops.cache_dir().is_relative_to(tmp_path)
+
+
+def test_backend_names_are_checked(monkeypatch):
+    monkeypatch.setenv("GCTNET_BACKEND", "CPP")
+    assert kernels.get_backend() == "cpp"
+    monkeypatch.setenv("GCTNET_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"one of \('auto', 'triton', 'cpp', 'eager'\).*GCTNET_BACKEND"):
+        kernels.get_backend()
+    with pytest.raises(ValueError, match="set_backend"):
+        kernels.set_backend("native")
+
+
+@needs_cpp
+def test_cached_build_loads_in_a_fresh_process_without_compiling():
+    code = (
+        "import sys; sys.modules['torch.utils.cpp_extension'] = None\n"  # any compile attempt would fail
+        "from gctnet.kernels import cpu_ops\n"
+        "st = cpu_ops.load(quiet=True)\n"
+        "print(st.available, st.built, st.path)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["True", "False"], proc.stdout + proc.stderr
+
+
+def test_kernels_command_reports_backend_and_state(capsys, monkeypatch):
+    from gctnet.cli import main
+
+    monkeypatch.setenv("GCTNET_BACKEND", "eager")
+    assert main(["kernels", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["backend"] == "eager" and rep["backend_source"] == "GCTNET_BACKEND"
+    assert rep["cpu_path"].startswith("PyTorch ops")
+    monkeypatch.delenv("GCTNET_BACKEND")
+    code = main(["kernels", "--build"])
+    out = capsys.readouterr().out
+    assert "backend        auto (from default" in out
+    if STATUS.available:
+        assert code == 0 and "CPU tensors    C++ kernels" in out and "loaded" in out
+    else:
+        assert code == 1 and "unavailable" in out
