@@ -13,6 +13,9 @@ from gctnet.bench import model as M
 from gctnet.bench import report as R
 from gctnet.bench.memory import saved_tensor_bytes
 from gctnet.cli import main
+from gctnet.kernels import cpu_ops
+
+CPP = cpu_ops.load(quiet=True).available
 
 
 def _positive(v) -> bool:
@@ -63,7 +66,8 @@ def test_tables_align_and_render_markdown():
 def test_bench_layer_structure_and_saved_bytes(shape, channels_last, mode):
     result = L.bench_layer(shape, repeats=2, warmup=0, compile=False, channels_last=channels_last, mode=mode)
     names = [r.name for r in result.rows]
-    assert names == ["reference", "gctnet", "multiply", "copy"]
+    cpp = ["cpp"] if CPP else []
+    assert names == ["reference", "gctnet", *cpp, "multiply", "copy"]
     x_bytes = math.prod(shape) * 4
     assert result.input_bytes == x_bytes
     for r in result.rows:
@@ -79,9 +83,11 @@ def test_bench_layer_structure_and_saved_bytes(shape, channels_last, mode):
     assert gct.total == gct.full + gct.stats
     assert ref.total > gct.total  # the reference keeps more
     assert result.row("gctnet").saved_ratio == pytest.approx(gct.total / x_bytes)
+    if CPP:  # the C++ kernels save the same: x and per-(n, c) statistics
+        assert result.row("cpp").saved.full == x_bytes and result.row("cpp").saved.stats == gct.stats
     assert result.row("multiply").saved.total == 0  # x * w keeps only w (a parameter): grad_x = dy * w
     headers, rows = result.table()
-    assert len(rows) == 4 and all(len(row) == len(headers) for row in rows)
+    assert len(rows) == len(names) and all(len(row) == len(headers) for row in rows)
     assert "x * w" in result.format() and result.markdown().count("|") > 20
 
 
@@ -132,6 +138,27 @@ def test_parse_model_specs():
         M.parse_model_specs("resnet20:checkpoint")
     with pytest.raises(ValueError, match="no models"):
         M.parse_model_specs(" , ")
+    spec = M.parse_model_specs("gct_resnet20:backend=EAGER+mode=l1")[0]
+    assert spec.backend == "eager" and dict(spec.gct_kwargs) == {"mode": "l1"}  # not an apply_gct option
+    with pytest.raises(ValueError, match="backend must be one of"):
+        M.parse_model_specs("gct_resnet20:backend=fast")
+    with pytest.raises(ValueError, match="only apply to gct_ models"):
+        M.parse_model_specs("resnet20:backend=eager")
+
+
+def test_bench_model_runs_each_model_under_its_backend(monkeypatch):
+    from gctnet.kernels import cpu_ops
+
+    if not CPP:
+        pytest.skip("C++ CPU kernels unavailable")
+    calls = []
+    original = cpu_ops.forward
+    monkeypatch.setattr(cpu_ops, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    M.bench_model(["gct_resnet20:backend=eager"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
+    assert calls == []
+    M.bench_model(["gct_resnet20:backend=cpp"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
+    assert len(calls) > 0
+    assert kernels._backend is None  # restored
 
 
 def test_bench_model_structure_and_ratios():

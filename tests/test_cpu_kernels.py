@@ -276,6 +276,23 @@ def test_gct_conv_lean_path_uses_the_kernels(count_calls):
 
 
 @needs_cpp
+def test_backward_follows_the_forwards_choice_of_kernels(count_calls):
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    params = _params(3)
+    with kernels.use_backend("cpp"):
+        y = F.gct(x, *params)
+    with kernels.use_backend("eager"):
+        y.sum().backward()
+    assert count_calls["forward"] == 1 and count_calls["backward"] == 1
+    with kernels.use_backend("eager"):
+        y = F.gct(x, *params)
+    with kernels.use_backend("cpp"):
+        y.sum().backward()
+    assert count_calls["forward"] == 1 and count_calls["backward"] == 1
+    assert kernels._backend is None
+
+
+@needs_cpp
 def test_opcheck():
     torch.manual_seed(7)
     x = torch.randn(2, 3, 4, 5)

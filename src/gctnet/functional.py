@@ -304,17 +304,27 @@ def _native(x: Tensor):
     return kernels.cpu_kernels(x)
 
 
-def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
+def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
+             native=None):
     """``(y, t, s, e, norm_inv)``: the output and the statistics the backward needs.
 
-    Eager CPU work runs the fused C++ kernel (one pass per sample while its slab is in the cache);
-    everything else the PyTorch ops: one reduction read of x, one read+write for the scaling.
+    With ``native`` (the C++ CPU kernels, see :func:`_native`) one fused kernel (one pass per sample
+    while its slab is in the cache); otherwise the PyTorch ops: one reduction read of x, one read+write
+    for the scaling.
     """
-    native = _native(x)
     if native is not None:
         return native.forward(x, alpha, gamma, beta, eps, mode, after_relu)
     t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
     return _scale(x, 1.0 + t), t, s, e, norm_inv
+
+
+def _saved_native(ctx):
+    """The C++ kernels if the forward of ``ctx`` ran them (the backward follows the forward's choice)."""
+    if not getattr(ctx, "native", False):
+        return None
+    from .kernels import cpu_ops
+
+    return cpu_ops
 
 
 def gct_gate(
@@ -348,7 +358,9 @@ class _GCTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, gamma, beta, eps, mode, after_relu):  # type: ignore[override]
         with _no_autocast(x.device.type):
-            y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu)
+            native = _native(x)
+            y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu, native)
+        ctx.native = native is not None
         ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
         ctx.param_dtypes = (alpha.dtype, gamma.dtype, beta.dtype)
         ctx.save_for_backward(x, alpha, gamma, beta, t, s, e, norm_inv)
@@ -359,7 +371,7 @@ class _GCTFunction(torch.autograd.Function):
         """``gct(x)`` again from the saved tensors: one pointwise pass, no reduction (used by the
         lean-memory GCT+conv path of :mod:`gctnet.surgery`)."""
         x, t = ctx.saved_tensors[0], ctx.saved_tensors[4]
-        native = _native(x)
+        native = _saved_native(ctx)
         if native is not None:
             return native.scale(x, t)
         with _no_autocast(x.device.type):
@@ -382,7 +394,7 @@ class _GCTFunction(torch.autograd.Function):
         """
         x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
         acc = t.dtype
-        native = _native(x)
+        native = _saved_native(ctx)
         if native is not None:  # the fused C++ CPU kernel: dot product, gate math and grad_x per sample
             need_x = ctx.needs_input_grad[0]
             grad_x = None
@@ -500,7 +512,7 @@ def gct(
     if needs_grad:
         return _GCTFunction.apply(x, alpha, gamma, beta, eps, mode, after_relu)
     with _no_autocast(x.device.type):
-        return _forward(x, alpha, gamma, beta, eps, mode, after_relu)[0]
+        return _forward(x, alpha, gamma, beta, eps, mode, after_relu, _native(x))[0]
 
 
 def gct_reference(

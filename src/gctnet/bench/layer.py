@@ -4,6 +4,8 @@
 
 * ``reference``  - the paper's formula in plain eager ops (:func:`gctnet.functional.gct_reference`);
 * ``gctnet``     - the lean eager path (:func:`gctnet.functional.gct` with backend ``eager``);
+* ``cpp``        - the C++ CPU kernels (:mod:`gctnet.kernels.cpu_ops`, backend ``cpp``; CPU only, where
+  they can be built);
 * ``triton``     - the Triton kernels (only where they run: CUDA with Triton, or when asked for);
 * ``compiled``   - :func:`gctnet.functional.gct` (eager backend) under ``torch.compile``;
 * ``multiply``   - ``x * w`` with ``w`` of shape (C,) broadcast: the *memory-floor unit*, one read and
@@ -24,10 +26,9 @@ the multiply 2 forward and 2 backward, the copy 2.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -56,6 +57,7 @@ DEFAULT_SHAPE: Tuple[int, ...] = (16, 256, 56, 56)
 _FLOOR_PASSES = {
     "reference": (3, 5),
     "gctnet": (3, 5),
+    "cpp": (3, 5),
     "triton": (3, 5),
     "compiled": (3, 5),
     "multiply": (2, 2),
@@ -63,7 +65,8 @@ _FLOOR_PASSES = {
 }
 _LABELS = {
     "reference": "reference formula (eager)",
-    "gctnet": "gctnet eager",
+    "gctnet": "gctnet eager (PyTorch ops)",
+    "cpp": "gctnet C++ kernels (CPU)",
     "triton": "gctnet Triton kernels",
     "compiled": "gctnet + torch.compile",
     "multiply": "x * w (floor unit)",
@@ -165,6 +168,7 @@ class LayerConfig:
     warmup: int = 3
     compile: bool = True
     triton: Optional[bool] = None  # None: where the kernels run natively (CUDA with Triton)
+    cpp: bool = True  # the C++ CPU kernels (CPU inputs, where they can be built)
 
 
 @dataclass
@@ -233,16 +237,6 @@ def _fmt_ms(v: Optional[float]) -> Optional[str]:
 # --------------------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _backend(name: str) -> Iterator[None]:
-    previous = kernels._backend  # the explicit setting, None when the environment decides
-    kernels.set_backend(name)
-    try:
-        yield
-    finally:
-        kernels.set_backend(previous)
-
-
 def _triton_op(x: Tensor, wanted: Optional[bool]) -> Optional[Callable[..., Tensor]]:
     if wanted is False or not kernels.triton_available():
         return None
@@ -266,6 +260,7 @@ def bench_layer(
     warmup: int = 3,
     compile: bool = True,
     triton: Optional[bool] = None,
+    cpp: bool = True,
     seed: int = 0,
 ) -> LayerBenchmark:
     """Benchmark the GCT implementations on one input; see the module docstring for what is timed.
@@ -278,6 +273,7 @@ def bench_layer(
         compile: include ``torch.compile`` (costs compile time: tens of seconds on CPU).
         triton: include the Triton kernels: ``None`` = where they run natively (CUDA), ``True`` =
             also elsewhere (CPU tensors need ``TRITON_INTERPRET=1``; very slow), ``False`` = never.
+        cpp: include the C++ CPU kernels (CPU inputs; a note says so when they cannot be built).
     """
     shape = parse_shape(shape)
     dt = parse_dtype(dtype)
@@ -285,7 +281,7 @@ def bench_layer(
     F.validate_mode(mode)
     config = LayerConfig(
         shape=shape, dtype=str(dt).removeprefix("torch."), device=str(device), channels_last=channels_last,
-        mode=mode, repeats=repeats, warmup=warmup, compile=compile, triton=triton,
+        mode=mode, repeats=repeats, warmup=warmup, compile=compile, triton=triton, cpp=cpp,
     )
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dt)
@@ -315,6 +311,19 @@ def bench_layer(
         "reference": lambda t: F.gct_reference(t, *params, mode=mode),
         "gctnet": gct_eager,
     }
+    if cpp and device.type == "cpu":
+        from ..kernels import cpu_ops
+
+        st = cpu_ops.load()
+        if st.available and cpu_ops.supports(x):
+
+            def gct_cpp(t: Tensor) -> Tensor:  # the backward follows the forward's choice of kernels
+                with kernels.use_backend("cpp"):
+                    return F.gct(t, *params, mode=mode)
+
+            forwards["cpp"] = gct_cpp
+        else:
+            result.notes.append(f"C++ CPU kernels not benchmarked: {st.reason or 'unsupported input'}")
     op = _triton_op(x, triton)
     if op is not None:
         forwards["triton"] = lambda t: op(t, *params, 1e-5, mode, False)
@@ -344,7 +353,7 @@ def bench_layer(
     fwd_fns = {name: fwd(f) for name, f in forwards.items()}
     fwd_fns["copy"] = lambda: x.clone(memory_format=torch.preserve_format)
     bwd_fns = {name: fwdbwd(name, f) for name, f in forwards.items()}
-    with _backend("eager"):  # "gctnet" and "compiled" measure the PyTorch path, whatever the default
+    with kernels.use_backend("eager"):  # "gctnet" and "compiled" measure the PyTorch path, whatever the default ("cpp" sets its own)
         if compile:  # compile outside the timed loop and report how long it took
             for key, fns in (("fwd", fwd_fns), ("bwd", bwd_fns)):
                 t0 = time.perf_counter()

@@ -15,7 +15,9 @@ Options: ``compile`` (``torch.compile`` each model; compile time reported separa
 A model spec is a registry name, optionally with GCT options after a colon, joined by ``+`` (passed
 to :func:`gctnet.apply_gct`): ``gct_resnet20`` uses the default lean-memory path (``checkpoint=True``),
 ``gct_resnet20:checkpoint=false`` the plain ``conv(gct(x))`` composition whose conv keeps the GCT output
-for backward, ``gct_resnet20:mode=l1+after_relu`` another variant.
+for backward, ``gct_resnet20:mode=l1+after_relu`` another variant.  ``backend=NAME`` is not an
+``apply_gct`` option: it runs that model under a GCT backend (:mod:`gctnet.kernels`), e.g.
+``gct_resnet20:backend=eager`` (PyTorch ops) next to ``gct_resnet20`` (``auto``: the C++ CPU kernels).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import kernels
 from ..optim import optimizer_step
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
@@ -43,8 +46,11 @@ __all__ = [
     "bench_model",
 ]
 
-#: plain, SE, GCT (default: lean memory) and GCT whose conv keeps the gated input (no memory saving)
-DEFAULT_MODELS = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20:checkpoint=false")
+#: plain, SE, GCT (default: lean memory; C++ kernels on CPU), GCT whose conv keeps the gated input (no
+#: memory saving) and GCT on PyTorch ops (backend eager)
+DEFAULT_MODELS = (
+    "resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20:checkpoint=false", "gct_resnet20:backend=eager",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,6 +61,7 @@ class ModelSpec:
     label: str  # as given, e.g. "gct_resnet20:checkpoint=false"
     name: str  # registry name
     gct_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    backend: Optional[str] = None  # GCT backend this model runs under (None: the process's setting)
 
     def build(self, **kwargs: Any) -> nn.Module:
         from ..models import create_model
@@ -97,12 +104,19 @@ def parse_model_specs(models: str | Sequence[str]) -> List[ModelSpec]:
             hint = f"; did you mean {', '.join(close)}?" if close else "; see `gctnet info --list`"
             raise ValueError(f"unknown model {name!r}{hint}")
         kwargs: List[Tuple[str, Any]] = []
+        backend: Optional[str] = None
         for opt in filter(None, (o.strip() for o in opts.split("+"))):
             key, eq, value = opt.partition("=")
-            kwargs.append((key.strip(), _value(value.strip()) if eq else True))
-        if kwargs and not name.startswith("gct_"):
+            key = key.strip()
+            if key == "backend":
+                backend = value.strip().lower()
+                if backend not in kernels.BACKENDS:
+                    raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {value.strip()!r} in {item!r}")
+                continue
+            kwargs.append((key, _value(value.strip()) if eq else True))
+        if (kwargs or backend) and not name.startswith("gct_"):
             raise ValueError(f"GCT options ({opts!r}) only apply to gct_ models, got {item!r}")
-        specs.append(ModelSpec(label=item, name=name, gct_kwargs=tuple(kwargs)))
+        specs.append(ModelSpec(label=item, name=name, gct_kwargs=tuple(kwargs), backend=backend))
     return specs
 
 
@@ -190,27 +204,30 @@ def _autocast(device: torch.device, amp: bool):
 class _Runner:
     """One model with its optimizer and the two timed closures."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, compile: bool):
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, compile: bool,
+                 backend: Optional[str] = None):
         self.eager = model
         self.model = torch.compile(model) if compile else model
         self.x, self.y, self.device, self.amp = x, y, device, amp
+        self.backend = backend
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         self.scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" else None
 
     def train_step(self) -> None:
         self.model.train()
-        with _autocast(self.device, self.amp):
-            loss = nn.functional.cross_entropy(self.model(self.x), self.y)
-        optimizer_step(loss, self.optimizer, self.scaler)
+        with kernels.use_backend(self.backend):
+            with _autocast(self.device, self.amp):
+                loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+            optimizer_step(loss, self.optimizer, self.scaler)
 
     def infer(self) -> None:
         self.model.eval()
-        with torch.no_grad(), _autocast(self.device, self.amp):
+        with kernels.use_backend(self.backend), torch.no_grad(), _autocast(self.device, self.amp):
             self.model(self.x)
 
     def saved_bytes(self) -> int:
         self.eager.train()
-        with _autocast(self.device, self.amp):
+        with kernels.use_backend(self.backend), _autocast(self.device, self.amp):
             out, saved = saved_tensor_bytes(lambda: self.eager(self.x), exclude=[self.eager])
         del out
         return saved.total
@@ -260,7 +277,7 @@ def bench_model(
         say(f"building {spec.label}")
         torch.manual_seed(seed)
         model = spec.build(num_classes=num_classes, in_chans=size[0]).to(device=device, memory_format=fmt)
-        runners[spec.label] = _Runner(model, x, y, device, amp, compile)
+        runners[spec.label] = _Runner(model, x, y, device, amp, compile, spec.backend)
 
     compile_s: Dict[str, float] = {}
     if compile:

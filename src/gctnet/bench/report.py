@@ -294,7 +294,7 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
         if c.device != "cpu" or c.dtype != "float32" or c.channels_last:
             continue
         shape = "x".join(map(str, c.shape))
-        for name in ("gctnet", "compiled"):
+        for name in ("gctnet", "cpp", "compiled"):
             row = _find(lb.rows, "name", name)
             if row is None:
                 continue
@@ -315,6 +315,12 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
         mode = "compiled" if c.compile else "eager"
         limit = 1.10 if c.compile else 1.20
         out.append(_target(f"CPU gct_resnet20 / resnet20 train step ({mode})", limit, gct.train_ratio))
+        pytorch_ops = _find(mb.rows, "label", "gct_resnet20:backend=eager")
+        if pytorch_ops is not None and not c.compile:
+            out.append(Target(
+                "CPU gct_resnet20:backend=eager / resnet20 train step (PyTorch ops instead of the C++ kernels)",
+                "reference only", f"{pytorch_ops.train_ratio:.3f}x", None,
+            ))
     base = _find(memory, "name", "resnet50")
     if base is not None and base.saved_bytes_per_image:
 
@@ -377,9 +383,9 @@ def bench_all(
     """Run the standard layer, model and memory benchmarks and render them as markdown.
 
     CPU: the layer at ``layer_shape`` (fp32, contiguous and channels_last), ``models`` (default
-    :data:`gctnet.bench.model.DEFAULT_MODELS`: plain, SE, GCT with the default lean-memory path, and
-    GCT with ``checkpoint=false``) at ``model_input_size`` eager and (with ``compile``) under
-    ``torch.compile``, and the saved-activation bytes of ``memory_models`` (the same four variants of
+    :data:`gctnet.bench.model.DEFAULT_MODELS`: plain, SE, GCT with the default lean-memory path, GCT with
+    ``checkpoint=false`` and GCT on PyTorch ops instead of the C++ kernels) at ``model_input_size`` eager
+    and (with ``compile``, without the backend variants) under ``torch.compile``, and the saved-activation bytes of ``memory_models`` (the same four variants of
     ResNet-50).  With ``device="cuda"`` additionally: the layer in fp16 channels_last
     (Triton kernels, GB/s vs a copy) and ``gpu_models`` with AMP + channels_last.
     """
@@ -401,8 +407,10 @@ def bench_all(
         layers.append(bench_layer(layer_shape, device=device, compile=compile, repeats=layer_repeats, **cfg))
     for use_compile in (False, True) if compile else (False,):
         say(f"model benchmark {'compiled' if use_compile else 'eager'} on {device}")
+        # compiled code never runs the eager kernels, so backend variants would only repeat a model
+        run_models = [s.label for s in parse_model_specs(list(models)) if not (use_compile and s.backend)]
         model_runs.append(bench_model(
-            models, model_input_size, batch_size, device=device, compile=use_compile,
+            run_models, model_input_size, batch_size, device=device, compile=use_compile,
             repeats=model_repeats, progress=say,
         ))
     if cuda:

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     layer.add_argument("--mode", default="l2", choices=("l2", "l1"), help="GCT mode (default l2)")
     layer.add_argument("--triton", action=argparse.BooleanOptionalAction, default=None,
                        help="include the Triton kernels (default: on CUDA only; CPU needs TRITON_INTERPRET=1)")
+    layer.add_argument("--cpp", action=argparse.BooleanOptionalAction, default=True,
+                       help="include the C++ CPU kernels (CPU inputs; default on)")
     _common(layer, repeats=20)
 
     from ..bench.model import DEFAULT_MODELS
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--models", default=default_models,
                        help="comma-separated registry names, ratios to the first; GCT options (passed to apply_gct) "
                        "after ':' joined by '+', e.g. gct_resnet20:checkpoint=false (conv keeps the GCT output; "
-                       f"gct_ models default to the lean-memory path) or gct_resnet20:mode=l1 (default {default_models})")
+                       f"gct_ models default to the lean-memory path) or gct_resnet20:mode=l1; backend=eager|cpp|triton|auto runs "
+                       f"that model under a GCT backend, e.g. gct_resnet20:backend=eager (default {default_models})")
     model.add_argument("--input-size", default="1,28,28", help="C,H,W of one image (default 1,28,28)")
     model.add_argument("--batch-size", type=int, default=128, help="default 128")
     model.add_argument("--num-classes", type=int, default=10, help="default 10")
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         result = bench_layer(
             shape, dtype, args.device, channels_last=args.channels_last, mode=args.mode, repeats=args.repeats,
-            warmup=args.warmup, compile=args.compile, triton=args.triton,
+            warmup=args.warmup, compile=args.compile, triton=args.triton, cpp=args.cpp,
         )
     else:
         from ..bench.accounting import parse_input_size

@@ -17,14 +17,17 @@ Export/tracing paths never come here: :func:`gctnet.functional.gct` switches to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from types import ModuleType
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
-__all__ = ["BACKENDS", "get_backend", "set_backend", "select", "cpu_kernels", "triton_available", "report"]
+__all__ = [
+    "BACKENDS", "get_backend", "set_backend", "use_backend", "select", "cpu_kernels", "triton_available", "report",
+]
 
 BACKENDS = ("auto", "triton", "cpp", "eager")
 _backend: Optional[str] = None
@@ -48,6 +51,24 @@ def set_backend(name: Optional[str]) -> None:
     """Set the backend for this process; ``None`` returns to ``GCTNET_BACKEND``/``auto``."""
     global _backend
     _backend = None if name is None else _check(name, "set_backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """``with use_backend("eager"): ...``: :func:`set_backend` for a block, then the previous setting.
+
+    A GCT forward run inside the block keeps its choice of kernels for its backward pass, wherever
+    that runs.  ``None`` leaves the setting as it is.
+    """
+    if name is None:
+        yield
+        return
+    previous = _backend  # the explicit setting; None when the environment decides
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def triton_available() -> bool:
