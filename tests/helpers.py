@@ -49,3 +49,29 @@ def make_image_folder(root: Path, size: int = 16, per_class: int = 4, corrupt: b
     if corrupt:
         (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     return root
+
+
+def to_channels_last(x):
+    """channels_last (4-D), channels_last_3d (5-D) or (N, L, C) storage seen as (N, C, L) (3-D)."""
+    import torch
+
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def run_gct(backend, x, params, dy, mode="l2", after_relu=False, grad_x=True):
+    """``gctnet.functional.gct`` forward and gradients under ``backend`` (restored afterwards)."""
+    import torch
+
+    from gctnet import functional as F
+    from gctnet import kernels
+
+    with kernels.use_backend(backend):
+        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad_x)
+        y = F.gct(xg, *params, mode=mode, after_relu=after_relu)
+        inputs = ([xg] if grad_x else []) + list(params)
+        grads = torch.autograd.grad(y, inputs, dy)
+    return y, grads

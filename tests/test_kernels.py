@@ -19,6 +19,7 @@ import torch
 
 from gctnet import GCT, kernels
 from gctnet import functional as F
+from helpers import run_gct, to_channels_last
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_TRITON = kernels.triton_available()
@@ -47,12 +48,7 @@ needs_kernels = pytest.mark.skipif(
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    if x.dim() == 5:
-        return x.contiguous(memory_format=torch.channels_last_3d)
-    return x.transpose(1, 2).contiguous().transpose(1, 2)  # (N, L, C) storage
+_channels_last = to_channels_last
 
 
 def _params(c: int, seed: int = 0):
@@ -63,16 +59,7 @@ def _params(c: int, seed: int = 0):
     return [p.to(DEVICE).requires_grad_(True) for p in (alpha, gamma, beta)]
 
 
-def _run(backend: str, x, params, dy, mode="l2", after_relu=False, grad_x=True):
-    kernels.set_backend(backend)
-    try:
-        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad_x)
-        y = F.gct(xg, *params, mode=mode, after_relu=after_relu)
-        inputs = ([xg] if grad_x else []) + list(params)
-        grads = torch.autograd.grad(y, inputs, dy)
-    finally:
-        kernels.set_backend(None)
-    return y, grads
+_run = run_gct
 
 
 def _assert_close(a, b, tol):
