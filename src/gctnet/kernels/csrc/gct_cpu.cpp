@@ -66,10 +66,6 @@ bool same_layout(const Tensor& t, const Tensor& ref) {
   return t.sizes() == ref.sizes() && t.strides() == ref.strides();
 }
 
-int64_t elem_index(const Geometry& g, int64_t n, int64_t c, int64_t l) {
-  return g.layout == Layout::Rows ? (n * g.C + c) * g.L + l : (n * g.L + l) * g.C + c;
-}
-
 // kind: 0 = sum x^2, 1 = sum |x|, 2 = sum x
 template <typename T, typename A>
 void reduce_row(const T* r, int64_t L, int kind, A* out) {
