@@ -144,6 +144,23 @@ def test_parse_model_specs():
         M.parse_model_specs("gct_resnet20:backend=fast")
     with pytest.raises(ValueError, match="only apply to gct_ models"):
         M.parse_model_specs("resnet20:backend=eager")
+    spec = M.parse_model_specs("gct_resnet20:scratch_mb=0+checkpoint=true")[0]
+    assert spec.scratch_mb == 0.0 and dict(spec.gct_kwargs) == {"checkpoint": True}
+    with pytest.raises(ValueError, match="scratch_mb must be a number"):
+        M.parse_model_specs("gct_resnet20:scratch_mb=many")
+    with pytest.raises(ValueError, match="only apply to gct_ models"):
+        M.parse_model_specs("resnet20:scratch_mb=0")
+
+
+def test_bench_model_runs_each_model_under_its_scratch_budget(monkeypatch):
+    from gctnet.kernels import scratch
+
+    seen = []
+    original = scratch.like
+    monkeypatch.setattr(scratch, "like", lambda x: seen.append(scratch.limit_bytes()) or original(x))
+    M.bench_model(["gct_resnet20:scratch_mb=0"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
+    assert seen and set(seen) == {0}
+    assert scratch.limit_bytes() == 512 << 20  # restored
 
 
 def test_bench_model_runs_each_model_under_its_backend(monkeypatch):

@@ -55,7 +55,7 @@ _run = run_gct
 @pytest.fixture
 def count_calls(monkeypatch):
     """Counts calls of the C++ ops, so a test can check that they (not the PyTorch path) ran."""
-    calls = {"forward": 0, "backward": 0, "scale": 0}
+    calls = {"forward": 0, "forward_into": 0, "backward": 0, "scale": 0, "scale_into": 0}
     for name in calls:
         original = getattr(cpu_ops, name)
 
@@ -250,7 +250,8 @@ def test_gct_conv_lean_path_uses_the_kernels(count_calls):
     kernels.set_backend("cpp")
     try:
         lean(x).square().sum().backward()
-        assert count_calls == {"forward": 1, "backward": 1, "scale": 1}
+        # the lean path writes y into reused buffers (gctnet.kernels.scratch) in both passes
+        assert count_calls == {"forward": 0, "forward_into": 1, "backward": 1, "scale": 0, "scale_into": 1}
     finally:
         kernels.set_backend(None)
     kernels.set_backend("eager")
@@ -289,6 +290,45 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.gctnet_cpu.scale.default, (x, t))
     args = (torch.randn_like(x), x, alpha, gamma, t, s, e, ni, "l2", False, torch.empty_like(x))
     torch.library.opcheck(torch.ops.gctnet_cpu.backward.default, args)
+    torch.library.opcheck(
+        torch.ops.gctnet_cpu.forward_into.default, (x, alpha, gamma, beta, 1e-5, "l2", False, torch.empty_like(x))
+    )
+    torch.library.opcheck(torch.ops.gctnet_cpu.scale_into.default, (x, t, torch.empty_like(x)))
+
+
+@needs_cpp
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_into_variants_write_the_same_output_into_the_given_buffer(channels_last, dtype):
+    torch.manual_seed(8)
+    x = torch.randn(3, 5, 4, 6, dtype=dtype)
+    x = to_channels_last(x) if channels_last else x
+    alpha, gamma, beta = (torch.randn(5, dtype=dtype) for _ in range(3))
+    y, *stats = cpu_ops.forward(x, alpha, gamma, beta, 1e-5, "l1", False)
+    out = torch.full_like(x, float("nan"))
+    got = cpu_ops.forward_into(x, alpha, gamma, beta, 1e-5, "l1", False, out)
+    assert got[0] is out and out.stride() == x.stride()
+    torch.testing.assert_close(out, y, rtol=0, atol=0)
+    for a, b in zip(got[1:], stats):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    out2 = torch.full_like(x, float("nan"))
+    assert cpu_ops.scale_into(x, stats[0], out2) is out2
+    torch.testing.assert_close(out2, cpu_ops.scale(x, stats[0]), rtol=0, atol=0)
+
+
+@needs_cpp
+def test_into_variants_reject_a_mismatched_buffer():
+    x = torch.randn(2, 3, 4, 5)
+    alpha, gamma, beta = torch.ones(3), torch.zeros(3), torch.zeros(3)
+    t = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="out must have x's shape"):
+        cpu_ops.forward_into(x, alpha, gamma, beta, 1e-5, "l2", False, torch.empty(2, 3, 4, 4))
+    with pytest.raises(RuntimeError, match="strides"):
+        cpu_ops.scale_into(x, t, to_channels_last(torch.empty_like(x)))
+    with pytest.raises(RuntimeError, match="out has dtype"):
+        cpu_ops.scale_into(x, t, torch.empty_like(x, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="must not share memory"):
+        cpu_ops.scale_into(x, t, x)
 
 
 @needs_cpp
@@ -322,7 +362,7 @@ def test_eager_backend_never_loads_the_kernels(monkeypatch, count_calls):
         F.gct(torch.randn(2, 3, 4, requires_grad=True), *_params(3)).sum().backward()
     finally:
         kernels.set_backend(None)
-    assert count_calls == {"forward": 0, "backward": 0, "scale": 0}
+    assert not any(count_calls.values())
 
 
 def test_unavailable_kernels_warn_once_under_auto_and_raise_under_cpp(monkeypatch):

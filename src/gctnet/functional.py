@@ -28,7 +28,7 @@ Implementation notes
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -290,9 +290,10 @@ def _grads_from_dot(
     return coef, grad_alpha, grad_gamma, grad_beta
 
 
-def _scale(x: Tensor, gate: Tensor) -> Tensor:
-    """y = x * gate with gate (N, C) broadcast, in x's dtype and memory format."""
-    return x * gate.to(x.dtype).view(_stat_shape(x))
+def _scale(x: Tensor, gate: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """y = x * gate with gate (N, C) broadcast, in x's dtype and memory format (into ``out`` if given)."""
+    g = gate.to(x.dtype).view(_stat_shape(x))
+    return x * g if out is None else torch.mul(x, g, out=out)
 
 
 def _native(x: Tensor):
@@ -305,17 +306,19 @@ def _native(x: Tensor):
 
 
 def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
-             native=None):
+             native=None, out: Optional[Tensor] = None):
     """``(y, t, s, e, norm_inv)``: the output and the statistics the backward needs.
 
     With ``native`` (the C++ CPU kernels, see :func:`_native`) one fused kernel (one pass per sample
     while its slab is in the cache); otherwise the PyTorch ops: one reduction read of x, one read+write
-    for the scaling.
+    for the scaling.  ``out`` (x's shape, strides and dtype) receives ``y`` when given.
     """
     if native is not None:
+        if out is not None:
+            return native.forward_into(x, alpha, gamma, beta, eps, mode, after_relu, out)
         return native.forward(x, alpha, gamma, beta, eps, mode, after_relu)
     t, s, e, norm_inv = _stats(x, alpha, gamma, beta, eps, mode, after_relu)
-    return _scale(x, 1.0 + t), t, s, e, norm_inv
+    return _scale(x, 1.0 + t, out), t, s, e, norm_inv
 
 
 def _saved_native(ctx):
@@ -357,9 +360,15 @@ class _GCTFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, gamma, beta, eps, mode, after_relu):  # type: ignore[override]
+        return _GCTFunction.forward_into(ctx, x, alpha, gamma, beta, eps, mode, after_relu, None)
+
+    @staticmethod
+    def forward_into(ctx, x, alpha, gamma, beta, eps, mode, after_relu, out: Optional[Tensor]) -> Tensor:
+        """:meth:`forward` with the output written into ``out`` (x's shape, strides and dtype) when
+        given: the lean GCT+conv path of :mod:`gctnet.surgery` passes a reused buffer."""
         with _no_autocast(x.device.type):
             native = _native(x)
-            y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu, native)
+            y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu, native, out)
         ctx.native = native is not None
         ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
         ctx.param_dtypes = (alpha.dtype, gamma.dtype, beta.dtype)
@@ -367,15 +376,15 @@ class _GCTFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def recompute_output(ctx) -> Tensor:
+    def recompute_output(ctx, out: Optional[Tensor] = None) -> Tensor:
         """``gct(x)`` again from the saved tensors: one pointwise pass, no reduction (used by the
-        lean-memory GCT+conv path of :mod:`gctnet.surgery`)."""
+        lean-memory GCT+conv path of :mod:`gctnet.surgery`); into ``out`` when given."""
         x, t = ctx.saved_tensors[0], ctx.saved_tensors[4]
         native = _saved_native(ctx)
         if native is not None:
-            return native.scale(x, t)
+            return native.scale(x, t) if out is None else native.scale_into(x, t, out)
         with _no_autocast(x.device.type):
-            return _scale(x, 1.0 + t)
+            return _scale(x, 1.0 + t, out)
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]

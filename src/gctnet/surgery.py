@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels
+from .kernels import scratch
 from .functional import _GCTFunction, _is_compiling, _is_tracing, _no_autocast, validate_gct_args
 from .layers import GCT
 
@@ -179,7 +180,8 @@ class _GCTConvFunction(torch.autograd.Function):
         cdt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         inner = _InnerCtx()
         with _no_autocast(device_type):
-            y = _GCTFunction.forward(inner, x, alpha, gamma, beta, eps, mode, after_relu)
+            # y lives only for the conv call: written into a reused buffer (no fresh pages per call)
+            y = _GCTFunction.forward_into(inner, x, alpha, gamma, beta, eps, mode, after_relu, scratch.like(x))
             y, w, b = _conv_operands(y, weight, bias, cdt)
             out = torch.convolution(y, w, b, stride, padding, dilation, False, [0] * len(stride), groups)
         del y
@@ -204,7 +206,8 @@ class _GCTConvFunction(torch.autograd.Function):
         vars(inner).update(ctx.inner_attrs)
         inner.saved_tensors = inner_saved
         with _no_autocast(x.device.type):
-            y = _recompute_gct(inner, x, alpha, gamma, beta, ctx.gct_args)  # recomputed, not saved
+            # recomputed from the saved statistics (one pointwise pass), not saved; into a reused buffer
+            y = _GCTFunction.recompute_output(inner, scratch.like(x))
             yc, w, _ = _conv_operands(y, weight, None, ctx.cdt)
             grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
                 grad_out.to(yc.dtype),
@@ -229,19 +232,6 @@ class _GCTConvFunction(torch.autograd.Function):
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
         return (*grads_gct, grad_w, grad_bias, None, None, None, None, None, None, None)
-
-
-def _recompute_gct(inner: _InnerCtx, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, gct_args) -> Tensor:
-    """``gct(x)`` again for the backward pass.
-
-    Uses ``_GCTFunction.recompute_output(ctx)`` (rebuilds the output from the saved statistics: one
-    pointwise pass) when gctnet.functional provides it, else reruns the GCT forward (one extra
-    reduction read of x).
-    """
-    recompute = getattr(_GCTFunction, "recompute_output", None)
-    if recompute is not None:
-        return recompute(inner)
-    return _GCTFunction.forward(_InnerCtx(), x, alpha, gamma, beta, *gct_args)
 
 
 def _conv_operands(y: Tensor, weight: Tensor, bias: Optional[Tensor], cdt: Optional[torch.dtype]):

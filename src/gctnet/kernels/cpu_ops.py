@@ -6,11 +6,13 @@ compiler are needed for that one build; loading a cached build needs neither) in
 ``$GCTNET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/gctnet`` or ``~/.cache/gctnet``).  ``make install``
 and ``gctnet kernels --build`` build it ahead of time.
 
-The library registers three ops in the ``gctnet_cpu`` namespace (CPU dispatch key):
+The library registers five ops in the ``gctnet_cpu`` namespace (CPU dispatch key):
 
 * ``forward(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)``: per sample, the
   spatial reduction, the gate math and the scaling while the sample's slab is still in the cache;
 * ``scale(x, t) -> x * (1 + t)``: the output rebuilt from the saved statistics (lean GCT+conv path);
+* ``forward_into(..., out!) -> (t, s, e, norm_inv)`` and ``scale_into(x, t, out!)``: the same with the
+  output written into a given buffer (:mod:`gctnet.kernels.scratch`, the lean path's reused buffers);
 * ``backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
   -> (grad_alpha, grad_gamma, grad_beta)``: per sample, the dot product of (grad_y, x), the gate
   backward math and grad_x, written into ``grad_x`` (which may be ``grad_y`` itself; numel 0: skipped).
@@ -48,7 +50,9 @@ __all__ = [
     "status",
     "supports",
     "forward",
+    "forward_into",
     "scale",
+    "scale_into",
     "backward",
 ]
 
@@ -208,9 +212,22 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, m
     return torch.ops.gctnet_cpu.forward(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))
 
 
+def forward_into(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
+                 out: Tensor):
+    """:func:`forward` writing ``y`` into ``out`` (x's shape, strides and dtype); returns ``(out, t, s, e, norm_inv)``."""
+    stats = torch.ops.gctnet_cpu.forward_into(x, alpha, gamma, beta, float(eps), mode, bool(after_relu), out)
+    return (out, *stats)
+
+
 def scale(x: Tensor, t: Tensor) -> Tensor:
     """``x * (1 + t)`` with ``t`` (N, C), in x's dtype and layout."""
     return torch.ops.gctnet_cpu.scale(x, t)
+
+
+def scale_into(x: Tensor, t: Tensor, out: Tensor) -> Tensor:
+    """:func:`scale` written into ``out`` (x's shape, strides and dtype); returns ``out``."""
+    torch.ops.gctnet_cpu.scale_into(x, t, out)
+    return out
 
 
 def backward(
@@ -248,6 +265,15 @@ def _register_fakes() -> None:
         c = x.shape[1]
         y = torch.empty_like(x if _addressable(x) else x.contiguous())
         return y, stats(x, c), stats(x, c), stats(x, c), stats(x, 1)
+
+    @torch.library.register_fake("gctnet_cpu::forward_into")
+    def _forward_into_fake(x, alpha, gamma, beta, eps, gct_mode, after_relu, out):
+        c = x.shape[1]
+        return stats(x, c), stats(x, c), stats(x, c), stats(x, 1)
+
+    @torch.library.register_fake("gctnet_cpu::scale_into")
+    def _scale_into_fake(x, t, out):
+        return None
 
     @torch.library.register_fake("gctnet_cpu::scale")
     def _scale_fake(x, t):

@@ -14,7 +14,10 @@
 //
 // Ops (namespace gctnet_cpu, CPU dispatch key; eager use only, gctnet never calls them while compiling):
 //   forward(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)
+//   forward_into(x, alpha, gamma, beta, eps, mode, after_relu, out!) -> (t, s, e, norm_inv)
+//                                                 (y written into out, which has x's layout)
 //   scale(x, t) -> y = x * (1 + t)                (the checkpointed GCT+conv path's recomputation)
+//   scale_into(x, t, out!)                        (the same, written into out)
 //   backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
 //       -> (grad_alpha, grad_gamma, grad_beta)    (grad_x is written in place; numel 0: not wanted)
 
@@ -280,9 +283,22 @@ bool per_sample(const Geometry& g) {
 // ---------------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------------
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x_in, const Tensor& alpha,
-                                                               const Tensor& gamma, const Tensor& beta, double eps,
-                                                               c10::string_view mode, bool after_relu) {
+// The output buffer for x (addressable): `out` when given (checked), else a fresh tensor like x.
+Tensor output_for(const Tensor& x, const c10::optional<Tensor>& out, const char* op) {
+  if (!out) return at::empty_like(x);
+  TORCH_CHECK(out->scalar_type() == x.scalar_type(), "gctnet_cpu::", op, ": out has dtype ", out->scalar_type(),
+              " but x has ", x.scalar_type());
+  TORCH_CHECK(same_layout(*out, x), "gctnet_cpu::", op, ": out must have x's shape ", x.sizes(), " and strides ",
+              x.strides(), ", got shape ", out->sizes(), " and strides ", out->strides());
+  TORCH_CHECK(!out->is_alias_of(x), "gctnet_cpu::", op, ": out must not share memory with x");
+  return *out;
+}
+
+// y and the statistics (t, s, e, norm_inv); y is written into `out` when given.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor& alpha,
+                                                                const Tensor& gamma, const Tensor& beta, double eps,
+                                                                c10::string_view mode, bool after_relu,
+                                                                const c10::optional<Tensor>& out) {
   check_input(x_in, "x");
   check_mode(mode);
   Tensor x;
@@ -293,7 +309,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x_i
   Tensor a = alpha.to(acc).contiguous(), gm = gamma.to(acc).contiguous(), b = beta.to(acc).contiguous();
   TORCH_CHECK(a.numel() == g.C && gm.numel() == g.C && b.numel() == g.C,
               "gctnet_cpu: alpha, gamma, beta must have ", g.C, " elements");
-  Tensor y = at::empty_like(x);
+  Tensor y = output_for(x, out, "forward_into");
   TORCH_INTERNAL_ASSERT(same_layout(y, x));
   Tensor S = at::empty({g.N, g.C}, opts), t = at::empty({g.N, g.C}, opts), s = at::empty({g.N, g.C}, opts),
          e = at::empty({g.N, g.C}, opts), ni = at::empty({g.N, 1}, opts);
@@ -352,17 +368,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x_i
   return {y, t, s, e, ni};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x, const Tensor& alpha,
+                                                               const Tensor& gamma, const Tensor& beta, double eps,
+                                                               c10::string_view mode, bool after_relu) {
+  return forward_impl(x, alpha, gamma, beta, eps, mode, after_relu, c10::nullopt);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gct_forward_into(const Tensor& x, const Tensor& alpha, const Tensor& gamma,
+                                                            const Tensor& beta, double eps, c10::string_view mode,
+                                                            bool after_relu, const Tensor& out) {
+  auto r = forward_impl(x, alpha, gamma, beta, eps, mode, after_relu, out);
+  return {std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
+}
+
 // ---------------------------------------------------------------------------------------------------
 // scale: y = x * (1 + t), the recomputation of the forward output from its saved statistics
 // ---------------------------------------------------------------------------------------------------
-Tensor gct_scale(const Tensor& x_in, const Tensor& t_in) {
+Tensor scale_impl(const Tensor& x_in, const Tensor& t_in, const c10::optional<Tensor>& out) {
   check_input(x_in, "x");
   Tensor x;
   Geometry g{};
   std::tie(x, g) = addressable(x_in);
   Tensor t = t_in.to(acc_type(x.scalar_type())).contiguous();
   TORCH_CHECK(t.numel() == g.N * g.C, "gctnet_cpu: t must have N*C = ", g.N * g.C, " elements, got ", t.numel());
-  Tensor y = at::empty_like(x);
+  Tensor y = output_for(x, out, "scale_into");
   TORCH_INTERNAL_ASSERT(same_layout(y, x));
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::scale", [&] {
@@ -388,6 +417,10 @@ Tensor gct_scale(const Tensor& x_in, const Tensor& t_in) {
   });
   return y;
 }
+
+Tensor gct_scale(const Tensor& x, const Tensor& t) { return scale_impl(x, t, c10::nullopt); }
+
+void gct_scale_into(const Tensor& x, const Tensor& t, const Tensor& out) { scale_impl(x, t, out); }
 
 // ---------------------------------------------------------------------------------------------------
 // backward
@@ -507,13 +540,18 @@ std::tuple<Tensor, Tensor, Tensor> gct_backward(const Tensor& grad_y_in, const T
 TORCH_LIBRARY(gctnet_cpu, m) {
   m.def("forward(Tensor x, Tensor alpha, Tensor gamma, Tensor beta, float eps, str gct_mode, bool after_relu)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward_into(Tensor x, Tensor alpha, Tensor gamma, Tensor beta, float eps, str gct_mode, bool after_relu,"
+        " Tensor(a!) out) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("scale(Tensor x, Tensor t) -> Tensor");
+  m.def("scale_into(Tensor x, Tensor t, Tensor(a!) out) -> ()");
   m.def("backward(Tensor grad_y, Tensor x, Tensor alpha, Tensor gamma, Tensor t, Tensor s, Tensor e, "
         "Tensor norm_inv, str gct_mode, bool after_relu, Tensor(a!) grad_x) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gctnet_cpu, CPU, m) {
   m.impl("forward", &gct_forward);
+  m.impl("forward_into", &gct_forward_into);
   m.impl("scale", &gct_scale);
+  m.impl("scale_into", &gct_scale_into);
   m.impl("backward", &gct_backward);
 }
