@@ -66,8 +66,10 @@ def test_tables_align_and_render_markdown():
 def test_bench_layer_structure_and_saved_bytes(shape, channels_last, mode):
     result = L.bench_layer(shape, repeats=2, warmup=0, compile=False, channels_last=channels_last, mode=mode)
     names = [r.name for r in result.rows]
-    cpp = ["cpp"] if CPP else []
+    cpp = (["cpp", "cpp_baseline"] if cpu_ops.isa() == "avx2" else ["cpp"]) if CPP else []
     assert names == ["reference", "gctnet", *cpp, "multiply", "copy"]
+    if CPP:
+        assert result.row("cpp").label == f"gctnet C++ kernels (CPU, {cpu_ops.isa()})"
     x_bytes = math.prod(shape) * 4
     assert result.input_bytes == x_bytes
     for r in result.rows:

@@ -444,3 +444,75 @@ def test_kernels_command_reports_backend_and_state(capsys, monkeypatch):
         assert code == 0 and "CPU tensors    C++ kernels" in out and "loaded" in out
     else:
         assert code == 1 and "unavailable" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# instruction sets: the AVX2+FMA copy of the loops against the baseline (SSE2) copy
+# --------------------------------------------------------------------------------------------------
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _all_ops(x, alpha, gamma, beta, mode, after_relu, dy):
+    y, t, s, e, ni = cpu_ops.forward(x, alpha, gamma, beta, 1e-5, mode, after_relu)
+    z = cpu_ops.scale(x, t)
+    gx = torch.empty_like(x)
+    grads = cpu_ops.backward(dy, x, alpha, gamma, t, s, e, ni, mode, after_relu, gx)
+    return (y, t, s, e, ni, z, gx, *grads)
+
+
+@needs_cpp
+@pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2/FMA")
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((5, 7, 9, 11), False), ((5, 7, 9, 11), True), ((1, 24, 33), False), ((4, 64, 7, 7), False), ((4, 64, 7, 7), True)],
+)
+@pytest.mark.parametrize("mode,after_relu", [("l2", False), ("l1", False), ("l1", True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_avx2_kernels_match_the_baseline_build(shape, channels_last, mode, after_relu, dtype):
+    assert cpu_ops.isa() == "avx2"  # the default on an AVX2 CPU
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x = (x.relu() if after_relu else x).to(dtype)
+    x = _channels_last(x) if channels_last else x
+    dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    dy = _channels_last(dy) if channels_last else dy
+    alpha, gamma, beta = (p.detach() for p in _params(shape[1], dtype, seed=3))
+    fast = _all_ops(x, alpha, gamma, beta, mode, after_relu, dy)
+    try:
+        assert cpu_ops.isa("baseline") == "baseline"
+        base = _all_ops(x, alpha, gamma, beta, mode, after_relu, dy)
+    finally:
+        cpu_ops.isa("auto")
+    # FMA contraction and wider partial sums change roundings only
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
+    for a, b in zip(fast, base):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@needs_cpp
+def test_isa_selection_is_checked():
+    assert cpu_ops.isa() in cpu_ops.ISAS
+    with pytest.raises(ValueError, match="isa must be one of"):
+        cpu_ops.isa("sse9")
+    with pytest.raises(RuntimeError, match="isa must be"):
+        torch.ops.gctnet_cpu.isa("sse9")
+    if not _has_avx2():
+        with pytest.raises(RuntimeError, match="AVX2"):
+            cpu_ops.isa("avx2")
+    assert cpu_ops.isa("auto") == ("avx2" if _has_avx2() else "baseline")
+
+
+@needs_cpp
+def test_baseline_isa_from_the_environment():
+    code = "from gctnet.kernels import cpu_ops; cpu_ops.load(quiet=True); print(cpu_ops.isa())"
+    env = {**os.environ, "GCTNET_CPU_ISA": "baseline"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "baseline"

@@ -5,7 +5,8 @@
 * ``reference``  - the paper's formula in plain eager ops (:func:`gctnet.functional.gct_reference`);
 * ``gctnet``     - the lean eager path (:func:`gctnet.functional.gct` with backend ``eager``);
 * ``cpp``        - the C++ CPU kernels (:mod:`gctnet.kernels.cpu_ops`, backend ``cpp``; CPU only, where
-  they can be built);
+  they can be built), with the instruction set they picked (``avx2`` or ``baseline``);
+* ``cpp_baseline`` - the same kernels' baseline (SSE2) build, where ``cpp`` runs the AVX2+FMA one;
 * ``triton``     - the Triton kernels (only where they run: CUDA with Triton, or when asked for);
 * ``compiled``   - :func:`gctnet.functional.gct` (eager backend) under ``torch.compile``;
 * ``multiply``   - ``x * w`` with ``w`` of shape (C,) broadcast: the *memory-floor unit*, one read and
@@ -26,9 +27,10 @@ the multiply 2 forward and 2 backward, the copy 2.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -58,6 +60,7 @@ _FLOOR_PASSES = {
     "reference": (3, 5),
     "gctnet": (3, 5),
     "cpp": (3, 5),
+    "cpp_baseline": (3, 5),
     "triton": (3, 5),
     "compiled": (3, 5),
     "multiply": (2, 2),
@@ -67,6 +70,7 @@ _LABELS = {
     "reference": "reference formula (eager)",
     "gctnet": "gctnet eager (PyTorch ops)",
     "cpp": "gctnet C++ kernels (CPU)",
+    "cpp_baseline": "gctnet C++ kernels (CPU, baseline)",
     "triton": "gctnet Triton kernels",
     "compiled": "gctnet + torch.compile",
     "multiply": "x * w (floor unit)",
@@ -311,6 +315,9 @@ def bench_layer(
         "reference": lambda t: F.gct_reference(t, *params, mode=mode),
         "gctnet": gct_eager,
     }
+    # per-candidate settings around the whole timed call (forward and backward)
+    settings: Dict[str, Callable[[], ContextManager[Any]]] = {}
+    labels = dict(_LABELS)
     if cpp and device.type == "cpu":
         from ..kernels import cpu_ops
 
@@ -322,6 +329,11 @@ def bench_layer(
                     return F.gct(t, *params, mode=mode)
 
             forwards["cpp"] = gct_cpp
+            isa = cpu_ops.isa()
+            labels["cpp"] = f"gctnet C++ kernels (CPU, {isa})"
+            if isa != "baseline":
+                forwards["cpp_baseline"] = gct_cpp
+                settings["cpp_baseline"] = lambda: cpu_ops.use_isa("baseline")
         else:
             result.notes.append(f"C++ CPU kernels not benchmarked: {st.reason or 'unsupported input'}")
     op = _triton_op(x, triton)
@@ -335,22 +347,26 @@ def bench_layer(
         forwards["compiled"] = compiled
     forwards["multiply"] = lambda t: t * w
 
-    def fwd(f: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
+    def fwd(name: str, f: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
+        setting = settings.get(name, contextlib.nullcontext)
+
         def call() -> Any:
-            with torch.no_grad():
+            with setting(), torch.no_grad():
                 return f(x)
 
         return call
 
     def fwdbwd(name: str, f: Callable[[Tensor], Tensor]) -> Callable[[], Any]:
         inputs = (xg,) if name == "multiply" else (xg, *params)
+        setting = settings.get(name, contextlib.nullcontext)
 
         def call() -> Any:
-            return torch.autograd.grad(f(xg), inputs, dy)
+            with setting():
+                return torch.autograd.grad(f(xg), inputs, dy)
 
         return call
 
-    fwd_fns = {name: fwd(f) for name, f in forwards.items()}
+    fwd_fns = {name: fwd(name, f) for name, f in forwards.items()}
     fwd_fns["copy"] = lambda: x.clone(memory_format=torch.preserve_format)
     bwd_fns = {name: fwdbwd(name, f) for name, f in forwards.items()}
     with kernels.use_backend("eager"):  # "gctnet" and "compiled" measure the PyTorch path, whatever the default ("cpp" sets its own)
@@ -364,7 +380,7 @@ def bench_layer(
         saved = _saved_rows(forwards, x, n * c * 8, exclude=[layer, holder])
 
     for name in fwd_fns:
-        row = LayerRow(name=name, label=_LABELS[name])
+        row = LayerRow(name=name, label=labels[name])
         _fill_timing(row, t_fwd.get(name), t_bwd.get(name), t_fwd["multiply"], t_bwd["multiply"], input_bytes)
         split = saved.get(name)
         if split is not None:

@@ -27,6 +27,7 @@ gctnet itself never calls them while compiling.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -35,13 +36,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "SOURCE",
+    "ISAS",
     "SUPPORTED_DTYPES",
     "KernelStatus",
     "cache_dir",
@@ -54,9 +56,13 @@ __all__ = [
     "scale",
     "scale_into",
     "backward",
+    "isa",
+    "use_isa",
 ]
 
 SOURCE = Path(__file__).with_name("csrc") / "gct_cpu.cpp"
+HEADERS = (SOURCE.with_name("gct_cpu_kernels.h"),)  # included by SOURCE (part of the build key)
+ISAS = ("baseline", "avx2")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NAME = "gctnet_cpu"
 _CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG")
@@ -85,8 +91,10 @@ _status: Optional[KernelStatus] = None
 
 
 def _tag() -> str:
-    """Build key: the source, the flags, torch, Python and the platform."""
+    """Build key: the sources, the flags, torch, Python and the platform."""
     h = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        h.update(b"\0" + (header.read_bytes() if header.is_file() else b"missing"))
     for part in (*_CFLAGS, torch.__version__, str(torch.version.git_version), sys.version, platform.machine(), sys.platform):
         h.update(b"\0" + str(part).encode())
     return h.hexdigest()[:16]
@@ -127,8 +135,9 @@ def _build_or_load(verbose: bool, quiet: bool) -> KernelStatus:
     start = time.perf_counter()
     if _ops_registered():
         return KernelStatus(True, "(already registered)", "", False, 0.0)
-    if not SOURCE.is_file():
-        return KernelStatus(False, None, f"the kernel source {SOURCE} is missing from the installation")
+    for source in (SOURCE, *HEADERS):
+        if not source.is_file():
+            return KernelStatus(False, None, f"the kernel source {source} is missing from the installation")
     directory = cache_dir()
     lib = _library_file(directory)
     if lib is not None and (directory / _OK_MARKER).is_file():
@@ -249,6 +258,27 @@ def backward(
     """
     out = x.new_empty((0,)) if grad_x is None else grad_x
     return torch.ops.gctnet_cpu.backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, bool(after_relu), out)
+
+
+def isa(request: Optional[str] = None) -> str:
+    """The instruction set the kernels run: ``"avx2"`` (AVX2+FMA, where the CPU has it) or ``"baseline"``.
+
+    ``request`` (``"baseline"``, ``"avx2"`` or ``"auto"``) selects one for this process first; ``"avx2"``
+    on a CPU or build without it raises.  ``GCTNET_CPU_ISA=baseline`` makes the baseline the default.
+    """
+    if request is not None and request not in (*ISAS, "auto"):
+        raise ValueError(f"isa must be one of {ISAS + ('auto',)}, got {request!r}")
+    return torch.ops.gctnet_cpu.isa(request or "")
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[str]:
+    """``with use_isa("baseline"):`` runs the kernels with that instruction set in the block (process-wide)."""
+    previous = isa()
+    try:
+        yield isa(name)
+    finally:
+        isa(previous)
 
 
 def _register_fakes() -> None:

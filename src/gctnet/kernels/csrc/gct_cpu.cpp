@@ -20,6 +20,12 @@
 //   scale_into(x, t, out!)                        (the same, written into out)
 //   backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
 //       -> (grad_alpha, grad_gamma, grad_beta)    (grad_x is written in place; numel 0: not wanted)
+//   isa(request) -> str                           (the kernels' instruction set: "baseline" or "avx2";
+//                                                  request "", "auto", "baseline" or "avx2")
+//
+// Instruction sets: the loops (gct_cpu_kernels.h) are compiled twice on x86-64 with GCC, for the
+// baseline (SSE2) and with AVX2+FMA; the AVX2 copy runs where the CPU has it (checked at load), unless
+// GCTNET_CPU_ISA=baseline is set or isa("baseline") was called.
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -27,8 +33,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -69,193 +78,6 @@ bool same_layout(const Tensor& t, const Tensor& ref) {
   return t.sizes() == ref.sizes() && t.strides() == ref.strides();
 }
 
-// kind: 0 = sum x^2, 1 = sum |x|, 2 = sum x
-template <typename T, typename A>
-void reduce_row(const T* r, int64_t L, int kind, A* out) {
-  A acc = 0;
-  if (kind == 0) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < L; ++l) {
-      const A v = static_cast<A>(r[l]);
-      acc += v * v;
-    }
-  } else if (kind == 1) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < L; ++l) acc += std::abs(static_cast<A>(r[l]));
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < L; ++l) acc += static_cast<A>(r[l]);
-  }
-  *out = acc;
-}
-
-// Per-channel sums of one sample in the channels-last layout (x points at the sample).
-template <typename T, typename A>
-void reduce_sample_cl(const T* x, int64_t C, int64_t L, int kind, A* S) {
-  std::fill(S, S + C, A(0));
-  for (int64_t l = 0; l < L; ++l) {
-    const T* r = x + l * C;
-    if (kind == 0) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const A v = static_cast<A>(r[c]);
-        S[c] += v * v;
-      }
-    } else if (kind == 1) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) S[c] += std::abs(static_cast<A>(r[c]));
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) S[c] += static_cast<A>(r[c]);
-    }
-  }
-}
-
-template <typename T, typename A>
-void dot_row(const T* a, const T* b, int64_t L, A* out) {
-  A acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t l = 0; l < L; ++l) acc += static_cast<A>(a[l]) * static_cast<A>(b[l]);
-  *out = acc;
-}
-
-template <typename T, typename A>
-void dot_sample_cl(const T* a, const T* b, int64_t C, int64_t L, A* P) {
-  std::fill(P, P + C, A(0));
-  for (int64_t l = 0; l < L; ++l) {
-    const T* ra = a + l * C;
-    const T* rb = b + l * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) P[c] += static_cast<A>(ra[c]) * static_cast<A>(rb[c]);
-  }
-}
-
-// The gate multiplier in the input's dtype, read back in the accumulation dtype (y = T(x * gate)
-// with the gate rounded to T first, exactly as the PyTorch path's x * gate.to(x.dtype)).
-template <typename T, typename A>
-A gate_of(A t) {
-  return static_cast<A>(static_cast<T>(A(1) + t));
-}
-
-// y = x * gate[c] for one contiguous row / one channels-last sample.
-template <typename T, typename A>
-void scale_row(const T* x, T* y, int64_t L, A gate) {
-#pragma omp simd
-  for (int64_t l = 0; l < L; ++l) y[l] = static_cast<T>(static_cast<A>(x[l]) * gate);
-}
-
-template <typename T, typename A>
-void scale_sample_cl(const T* x, T* y, int64_t C, int64_t L, const A* gate) {
-  for (int64_t l = 0; l < L; ++l) {
-    const T* r = x + l * C;
-    T* o = y + l * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) o[c] = static_cast<T>(static_cast<A>(r[c]) * gate[c]);
-  }
-}
-
-// grad_x = grad_y * gate + coef * f(x); f = x (l2), sign(x) (l1), 1 (l1 after ReLU).  gx may alias gy.
-// gate and coef are already rounded to T (as the PyTorch path's .to(x.dtype)).
-template <typename T, typename A>
-void grad_row(const T* gy, const T* x, T* gx, int64_t L, A gate, A coef, int fkind) {
-  if (fkind == 0) {
-#pragma omp simd
-    for (int64_t l = 0; l < L; ++l) {
-      const T prod = static_cast<T>(static_cast<A>(gy[l]) * gate);
-      gx[l] = static_cast<T>(static_cast<A>(prod) + coef * static_cast<A>(x[l]));
-    }
-  } else if (fkind == 1) {
-#pragma omp simd
-    for (int64_t l = 0; l < L; ++l) {
-      const A v = static_cast<A>(x[l]);
-      const A sgn = static_cast<A>((v > A(0)) - (v < A(0)));
-      const T prod = static_cast<T>(static_cast<A>(gy[l]) * gate);
-      gx[l] = static_cast<T>(static_cast<A>(prod) + coef * sgn);
-    }
-  } else {
-#pragma omp simd
-    for (int64_t l = 0; l < L; ++l) {
-      const T prod = static_cast<T>(static_cast<A>(gy[l]) * gate);
-      gx[l] = static_cast<T>(static_cast<A>(prod) + coef);
-    }
-  }
-}
-
-template <typename T, typename A>
-void grad_sample_cl(const T* gy, const T* x, T* gx, int64_t C, int64_t L, const A* gate, const A* coef, int fkind) {
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t o = l * C;
-    const T* rg = gy + o;
-    const T* rx = x + o;
-    T* rgx = gx + o;
-    if (fkind == 0) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const T prod = static_cast<T>(static_cast<A>(rg[c]) * gate[c]);
-        rgx[c] = static_cast<T>(static_cast<A>(prod) + coef[c] * static_cast<A>(rx[c]));
-      }
-    } else if (fkind == 1) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const A v = static_cast<A>(rx[c]);
-        const A sgn = static_cast<A>((v > A(0)) - (v < A(0)));
-        const T prod = static_cast<T>(static_cast<A>(rg[c]) * gate[c]);
-        rgx[c] = static_cast<T>(static_cast<A>(prod) + coef[c] * sgn);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const T prod = static_cast<T>(static_cast<A>(rg[c]) * gate[c]);
-        rgx[c] = static_cast<T>(static_cast<A>(prod) + coef[c]);
-      }
-    }
-  }
-}
-
-// The per-sample gate math (functional._stats_from_sums) for one sample: S -> t, s, e, norm_inv.
-template <typename A>
-void sample_stats(const A* S, const A* a, const A* g, const A* b, int64_t C, A eps, bool l2, A* t, A* s, A* e,
-                  A* norm_inv) {
-  A m = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    e[c] = l2 ? std::sqrt(S[c] + eps) : S[c];
-    s[c] = a[c] * e[c];
-    m += l2 ? s[c] * s[c] : std::abs(s[c]);
-  }
-  m /= static_cast<A>(C);
-  const A ni = l2 ? A(1) / std::sqrt(m + eps) : A(1) / (m + eps);
-  *norm_inv = ni;
-  for (int64_t c = 0; c < C; ++c) t[c] = std::tanh(g[c] * s[c] * ni + b[c]);
-}
-
-// The per-sample backward math (functional._grads_from_dot) for one sample: p -> coef and the
-// sample's contributions to the parameter gradients.
-template <typename A>
-void sample_grads(const A* p, const A* a, const A* g, const A* t, const A* s, const A* e, A ni, int64_t C,
-                  bool l2, A* coef, A* ga, A* gg, A* gb) {
-  A gsum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A dz = p[c] * (A(1) - t[c] * t[c]);
-    gb[c] = dz;
-    gsum += dz * g[c] * s[c];
-  }
-  const A inv_c = A(1) / static_cast<A>(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const A dz = gb[c];
-    A ds;
-    if (l2) {
-      ds = dz * g[c] * ni - s[c] * (ni * ni * ni) * gsum * inv_c;
-      coef[c] = ds * a[c] / e[c];
-    } else {
-      const A sgn = static_cast<A>((s[c] > A(0)) - (s[c] < A(0)));
-      ds = dz * g[c] * ni - sgn * (ni * ni) * gsum * inv_c;
-      coef[c] = ds * a[c];
-    }
-    ga[c] = ds * e[c];
-    gg[c] = dz * s[c] * ni;
-  }
-}
-
 int reduce_kind(c10::string_view mode, bool after_relu) {
   return mode == "l2" ? 0 : (after_relu ? 2 : 1);
 }
@@ -279,6 +101,103 @@ void check_input(const Tensor& x, const char* name) {
 bool per_sample(const Geometry& g) {
   return g.layout == Layout::ChannelsLast || g.N >= at::get_num_threads();
 }
+
+// Pointers and geometry of one forward / backward call (the kernels in gct_cpu_kernels.h take these).
+template <typename T, typename A>
+struct ForwardArgs {
+  const T* x;
+  T* y;
+  A *S, *t, *s, *e, *ni;     // (N, C) sums and statistics, (N,) norm_inv: written
+  const A *a, *g, *b;        // (C,) alpha, gamma, beta
+  Geometry geo;
+  int kind;                  // 0 = sum x^2, 1 = sum |x|, 2 = sum x
+  bool l2;
+  A eps;
+};
+
+template <typename T, typename A>
+struct BackwardArgs {
+  const T *x, *gy;
+  T* gx;                     // nullptr: grad_x not wanted (may equal gy: in place)
+  A *P, *coef, *ga, *gg, *gb;  // (N, C): written
+  const A *a, *g, *t, *s, *e, *ni;
+  Geometry geo;
+  bool l2;
+  int fkind;                 // grad_x's f(x): 0 = x (l2), 1 = sign(x) (l1), 2 = 1 (l1 after ReLU)
+};
+
+// The kernel loops, once per instruction set (namespaces isa_baseline and isa_avx2).
+#define GCTNET_ISA isa_baseline
+#include "gct_cpu_kernels.h"
+#undef GCTNET_ISA
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GCTNET_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define GCTNET_ISA isa_avx2
+#include "gct_cpu_kernels.h"
+#undef GCTNET_ISA
+#pragma GCC pop_options
+#else
+#define GCTNET_HAVE_AVX2 0
+#endif
+
+// ---------------------------------------------------------------------------------------------------
+// instruction set: AVX2+FMA where the CPU has it (GCTNET_CPU_ISA=baseline forces the SSE2 build)
+// ---------------------------------------------------------------------------------------------------
+enum class Isa { Baseline, Avx2 };
+
+bool cpu_has_avx2() {
+#if GCTNET_HAVE_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+Isa default_isa() {
+  const char* env = std::getenv("GCTNET_CPU_ISA");
+  if (env != nullptr && std::string(env) == "baseline") return Isa::Baseline;
+  return cpu_has_avx2() ? Isa::Avx2 : Isa::Baseline;
+}
+
+std::atomic<int>& isa_slot() {
+  static std::atomic<int> slot{static_cast<int>(default_isa())};
+  return slot;
+}
+
+Isa active_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
+
+const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "baseline"; }
+
+// isa("") -> the active instruction set; isa("baseline" | "avx2" | "auto") selects one first.
+std::string gct_isa(c10::string_view request) {
+  if (!request.empty()) {
+    Isa want;
+    if (request == "baseline") {
+      want = Isa::Baseline;
+    } else if (request == "avx2") {
+      TORCH_CHECK(cpu_has_avx2(), "gctnet_cpu: isa 'avx2' requested but ",
+                  GCTNET_HAVE_AVX2 ? "this CPU lacks AVX2/FMA" : "this build has no AVX2 kernels (not x86-64 GCC)");
+      want = Isa::Avx2;
+    } else if (request == "auto") {
+      want = cpu_has_avx2() ? Isa::Avx2 : Isa::Baseline;
+    } else {
+      TORCH_CHECK(false, "gctnet_cpu: isa must be '', 'auto', 'baseline' or 'avx2', got '", std::string(request), "'");
+    }
+    isa_slot().store(static_cast<int>(want), std::memory_order_relaxed);
+  }
+  return isa_name(active_isa());
+}
+
+#if GCTNET_HAVE_AVX2
+#define GCTNET_RUN(fn, ...) \
+  (active_isa() == Isa::Avx2 ? isa_avx2::fn(__VA_ARGS__) : isa_baseline::fn(__VA_ARGS__))
+#else
+#define GCTNET_RUN(fn, ...) isa_baseline::fn(__VA_ARGS__)
+#endif
 
 // ---------------------------------------------------------------------------------------------------
 // forward
@@ -317,53 +236,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x_
   const bool l2 = mode == "l2";
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::forward", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    A* Sp = S.mutable_data_ptr<A>();
-    A* tp = t.mutable_data_ptr<A>();
-    A* sp = s.mutable_data_ptr<A>();
-    A* ep = e.mutable_data_ptr<A>();
-    A* nip = ni.mutable_data_ptr<A>();
-    const A* ap = a.const_data_ptr<A>();
-    const A* gp = gm.const_data_ptr<A>();
-    const A* bp = b.const_data_ptr<A>();
-    const int64_t C = g.C, L = g.L, CL = g.C * g.L;
-    const A epsA = static_cast<A>(eps);
-    auto stats = [&](int64_t n) {
-      sample_stats<A>(Sp + n * C, ap, gp, bp, C, epsA, l2, tp + n * C, sp + n * C, ep + n * C, nip + n);
-    };
-    if (g.N == 0 || C == 0) return;
-    if (per_sample(g)) {
-      at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-        std::vector<A> gate(C);
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* xn = xp + n * CL;
-          scalar_t* yn = yp + n * CL;
-          if (g.layout == Layout::Rows) {
-            for (int64_t c = 0; c < C; ++c) reduce_row<scalar_t, A>(xn + c * L, L, kind, Sp + n * C + c);
-          } else {
-            reduce_sample_cl<scalar_t, A>(xn, C, L, kind, Sp + n * C);
-          }
-          stats(n);
-          for (int64_t c = 0; c < C; ++c) gate[c] = gate_of<scalar_t, A>(tp[n * C + c]);
-          if (g.layout == Layout::Rows) {
-            for (int64_t c = 0; c < C; ++c) scale_row<scalar_t, A>(xn + c * L, yn + c * L, L, gate[c]);
-          } else {
-            scale_sample_cl<scalar_t, A>(xn, yn, C, L, gate.data());
-          }
-        }
-      });
-    } else {  // few samples, contiguous rows: phases parallel over the N*C rows
-      const int64_t rows = g.N * C;
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, L));
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) reduce_row<scalar_t, A>(xp + r * L, L, kind, Sp + r);
-      });
-      for (int64_t n = 0; n < g.N; ++n) stats(n);
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) scale_row<scalar_t, A>(xp + r * L, yp + r * L, L, gate_of<scalar_t, A>(tp[r]));
-      });
-    }
+    ForwardArgs<scalar_t, A> p{x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), S.mutable_data_ptr<A>(),
+                               t.mutable_data_ptr<A>(),      s.mutable_data_ptr<A>(),       e.mutable_data_ptr<A>(),
+                               ni.mutable_data_ptr<A>(),     a.const_data_ptr<A>(),         gm.const_data_ptr<A>(),
+                               b.const_data_ptr<A>(),        g,                             kind,
+                               l2,                           static_cast<A>(eps)};
+    GCTNET_RUN(forward_kernel, p);
   });
   return {y, t, s, e, ni};
 }
@@ -396,24 +274,7 @@ Tensor scale_impl(const Tensor& x_in, const Tensor& t_in, const c10::optional<Te
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::scale", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const A* tp = t.const_data_ptr<A>();
-    const int64_t C = g.C, L = g.L, CL = g.C * g.L;
-    if (g.layout == Layout::Rows) {
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, L));
-      at::parallel_for(0, g.N * C, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) scale_row<scalar_t, A>(xp + r * L, yp + r * L, L, gate_of<scalar_t, A>(tp[r]));
-      });
-    } else {
-      at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-        std::vector<A> gate(C);
-        for (int64_t n = begin; n < end; ++n) {
-          for (int64_t c = 0; c < C; ++c) gate[c] = gate_of<scalar_t, A>(tp[n * C + c]);
-          scale_sample_cl<scalar_t, A>(xp + n * CL, yp + n * CL, C, L, gate.data());
-        }
-      });
-    }
+    GCTNET_RUN(scale_kernel, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), t.const_data_ptr<A>(), g);
   });
   return y;
 }
@@ -459,77 +320,27 @@ std::tuple<Tensor, Tensor, Tensor> gct_backward(const Tensor& grad_y_in, const T
   Tensor ga = at::empty({g.N, g.C}, opts), gg = at::empty({g.N, g.C}, opts), gb = at::empty({g.N, g.C}, opts);
   const bool l2 = mode == "l2";
   const int fkind = l2 ? 0 : (after_relu ? 2 : 1);
-  if (g.N > 0 && g.C > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::backward", [&] {
-      using A = at::opmath_type<scalar_t>;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
-      scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-      A* Pp = P.mutable_data_ptr<A>();
-      A* cp = coef.mutable_data_ptr<A>();
-      A* gap = ga.mutable_data_ptr<A>();
-      A* ggp = gg.mutable_data_ptr<A>();
-      A* gbp = gb.mutable_data_ptr<A>();
-      const A* ap = a.const_data_ptr<A>();
-      const A* gmp = gm.const_data_ptr<A>();
-      const A* tp = t.const_data_ptr<A>();
-      const A* sp = s.const_data_ptr<A>();
-      const A* ep = e.const_data_ptr<A>();
-      const A* nip = ni.const_data_ptr<A>();
-      const int64_t C = g.C, L = g.L, CL = g.C * g.L;
-      auto math = [&](int64_t n) {
-        const int64_t o = n * C;
-        sample_grads<A>(Pp + o, ap, gmp, tp + o, sp + o, ep + o, nip[n], C, l2, cp + o, gap + o, ggp + o, gbp + o);
-      };
-      auto round = [](A v) { return static_cast<A>(static_cast<scalar_t>(v)); };
-      if (g.L == 0) {
-        P.zero_();
-        for (int64_t n = 0; n < g.N; ++n) math(n);
-        return;
-      }
-      if (per_sample(g)) {
-        at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-          std::vector<A> gate(C), cf(C);
-          for (int64_t n = begin; n < end; ++n) {
-            const scalar_t* xn = xp + n * CL;
-            const scalar_t* gn = gyp + n * CL;
-            if (g.layout == Layout::Rows) {
-              for (int64_t c = 0; c < C; ++c) dot_row<scalar_t, A>(gn + c * L, xn + c * L, L, Pp + n * C + c);
-            } else {
-              dot_sample_cl<scalar_t, A>(gn, xn, C, L, Pp + n * C);
-            }
-            math(n);
-            if (!want_gx) continue;
-            for (int64_t c = 0; c < C; ++c) {
-              gate[c] = gate_of<scalar_t, A>(tp[n * C + c]);
-              cf[c] = round(cp[n * C + c]);
-            }
-            scalar_t* gxn = gxp + n * CL;
-            if (g.layout == Layout::Rows) {
-              for (int64_t c = 0; c < C; ++c)
-                grad_row<scalar_t, A>(gn + c * L, xn + c * L, gxn + c * L, L, gate[c], cf[c], fkind);
-            } else {
-              grad_sample_cl<scalar_t, A>(gn, xn, gxn, C, L, gate.data(), cf.data(), fkind);
-            }
-          }
-        });
-      } else {
-        const int64_t rows = g.N * C;
-        const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, L));
-        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-          for (int64_t r = begin; r < end; ++r) dot_row<scalar_t, A>(gyp + r * L, xp + r * L, L, Pp + r);
-        });
-        for (int64_t n = 0; n < g.N; ++n) math(n);
-        if (want_gx) {
-          at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-            for (int64_t r = begin; r < end; ++r)
-              grad_row<scalar_t, A>(gyp + r * L, xp + r * L, gxp + r * L, L, gate_of<scalar_t, A>(tp[r]),
-                                    round(cp[r]), fkind);
-          });
-        }
-      }
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::backward", [&] {
+    using A = at::opmath_type<scalar_t>;
+    BackwardArgs<scalar_t, A> p{x.const_data_ptr<scalar_t>(),
+                                gy.const_data_ptr<scalar_t>(),
+                                want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr,
+                                P.mutable_data_ptr<A>(),
+                                coef.mutable_data_ptr<A>(),
+                                ga.mutable_data_ptr<A>(),
+                                gg.mutable_data_ptr<A>(),
+                                gb.mutable_data_ptr<A>(),
+                                a.const_data_ptr<A>(),
+                                gm.const_data_ptr<A>(),
+                                t.const_data_ptr<A>(),
+                                s.const_data_ptr<A>(),
+                                e.const_data_ptr<A>(),
+                                ni.const_data_ptr<A>(),
+                                g,
+                                l2,
+                                fkind};
+    GCTNET_RUN(backward_kernel, p);
+  });
   if (want_gx && !gx.is_same(grad_x_out)) grad_x_out.copy_(gx);
   // parameter gradients: sums over the batch in a fixed order (deterministic)
   return {ga.sum(0), gg.sum(0), gb.sum(0)};
@@ -544,6 +355,7 @@ TORCH_LIBRARY(gctnet_cpu, m) {
         " Tensor(a!) out) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("scale(Tensor x, Tensor t) -> Tensor");
   m.def("scale_into(Tensor x, Tensor t, Tensor(a!) out) -> ()");
+  m.def("isa(str request) -> str", &gct_isa);  // no tensor arguments: one kernel for every dispatch key
   m.def("backward(Tensor grad_y, Tensor x, Tensor alpha, Tensor gamma, Tensor t, Tensor s, Tensor e, "
         "Tensor norm_inv, str gct_mode, bool after_relu, Tensor(a!) grad_x) -> (Tensor, Tensor, Tensor)");
 }
