@@ -359,6 +359,10 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
             if gct is not None and plain is not None and mb.rows[0] is plain:
                 mode = "compiled" if c.compile else "eager"
                 out.append(_target(f"GPU gct_resnet50 / resnet50 train step, AMP + channels_last ({mode})", 1.10, gct.train_ratio))
+    if not any(t.what.startswith("GPU ") for t in out):  # say so rather than leave them out
+        out.append(Target("GPU Triton forward and fwd+bwd bandwidth / copy (no CUDA run: `--device cuda`)", ">= 0.80", None, None))
+        out.append(Target("GPU gct_resnet50 / resnet50 train step, AMP + channels_last, eager and compiled "
+                          "(no CUDA run: `--device cuda`)", "<= 1.1x", None, None))
     return out
 
 
@@ -371,7 +375,7 @@ def bench_all(
     models: Optional[Sequence[str]] = None,
     model_input_size: Sequence[int] = (1, 28, 28),
     batch_size: int = 128,
-    model_repeats: int = 10,
+    model_repeats: int = 20,
     memory_models: Sequence[str] = ("resnet50", "se_resnet50", "gct_resnet50", "gct_resnet50:checkpoint=false"),
     memory_input_size: Sequence[int] = (3, 224, 224),
     gpu_models: Sequence[str] = ("resnet50", "gct_resnet50", "se_resnet50"),

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     all_.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                       help="include torch.compile runs (default on; compiling costs ~1 min per small model on CPU)")
     all_.add_argument("--layer-repeats", type=int, default=20, help="default 20")
-    all_.add_argument("--model-repeats", type=int, default=10, help="default 10")
+    all_.add_argument("--model-repeats", type=int, default=20, help="default 20")
     _threads(all_)
 
 
@@ -160,6 +160,6 @@ def _run_all(args: argparse.Namespace) -> int:
     else:
         print(result.markdown)
     for t in result.targets:
-        status = {True: "met", False: "NOT met", None: "not measured"}[t.met]
+        status = {True: "met", False: "NOT met"}.get(t.met, "not measured" if t.measured is None else "reference")
         print(f"target {t.what}: {t.measured or '-'} (limit {t.limit}): {status}")
     return 0
