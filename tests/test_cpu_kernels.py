@@ -442,6 +442,7 @@ def test_kernels_command_reports_backend_and_state(capsys, monkeypatch):
     assert "backend        auto (from default" in out
     if STATUS.available:
         assert code == 0 and "CPU tensors    C++ kernels" in out and "loaded" in out
+        assert f"instructions   {cpu_ops.isa()}" in out
     else:
         assert code == 1 and "unavailable" in out
 
@@ -516,3 +517,24 @@ def test_baseline_isa_from_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "baseline"
+
+
+@needs_cpp
+@pytest.mark.parametrize("channels", [1, 7, 37, 256])
+def test_float32_gate_math_is_accurate_over_the_whole_tanh_range(channels):
+    """The per-sample gate math (vector tanhf from libmvec where available) against float64 math, for
+    gate pre-activations from deep saturation to 0, and channel counts that are not multiples of a vector."""
+    g = torch.Generator().manual_seed(12)
+    n = 64
+    x = torch.randn(n, channels, 3, 3, generator=g)
+    alpha = torch.rand(channels, generator=g) + 0.5
+    gamma = 4.0 * torch.randn(channels, generator=g)
+    beta = torch.linspace(-12.0, 12.0, channels)
+    t = cpu_ops.forward(x, alpha, gamma, beta, 1e-5, "l2", False)[1]
+    ref = F._stats(x.double(), alpha.double(), gamma.double(), beta.double(), 1e-5, "l2", False)[0]
+    assert t.dtype == torch.float32
+    err = (t.double() - ref).abs()
+    # float32 rounding of z = gamma * s * norm_inv + beta (|beta| up to 12) bounds the worst case; a wrong
+    # tanh would be off by far more, and typical errors stay at a few float32 ulps
+    assert err.max() < 1e-5 and err.median() < 1e-7, (err.max(), err.median())
+    assert bool((t.abs() <= 1).all())

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
             f"CUDA tensors   {rep['cuda_path']} (CUDA {'available' if rep['cuda_available'] else 'not available'}, "
             f"Triton {'installed' if rep['triton_available'] else 'not installed'})",
             f"C++ kernels    {cpp['state']}",
-            *([f"instructions   {cpp['isa']} (GCTNET_CPU_ISA=baseline forces the SSE2 build)"] if cpp.get("isa") else []),
+            *([f"instructions   {cpp['isa']} (GCTNET_CPU_ISA=baseline forces the SSE2 build), "
+               f"{cpp['vector_tanh']} tanh"] if cpp.get("isa") else []),
             f"cache          {cpp['cache_dir']}",
             f"torch          {rep['torch']}, {rep['cpu_threads']} CPU threads",
         ]

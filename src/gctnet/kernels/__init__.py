@@ -140,7 +140,8 @@ def report(build: bool = False, verbose: bool = False) -> dict:
         st = cpu_ops.load(verbose=verbose)
     if st is not None:
         cpp.update(available=st.available, state=st.describe(), path=st.path, reason=st.reason, built_now=st.built,
-                   seconds=round(st.seconds, 2), isa=cpu_ops.isa() if st.available else None)
+                   seconds=round(st.seconds, 2), isa=cpu_ops.isa() if st.available else None,
+                   vector_tanh="libmvec" if cpu_ops.uses_libmvec() else "scalar")
     else:
         lib = cpu_ops.cached_build()
         cpp.update(available=None, path=str(lib) if lib else None,

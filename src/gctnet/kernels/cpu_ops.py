@@ -58,6 +58,7 @@ __all__ = [
     "backward",
     "isa",
     "use_isa",
+    "uses_libmvec",
 ]
 
 SOURCE = Path(__file__).with_name("csrc") / "gct_cpu.cpp"
@@ -65,7 +66,21 @@ HEADERS = (SOURCE.with_name("gct_cpu_kernels.h"),)  # included by SOURCE (part o
 ISAS = ("baseline", "avx2")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NAME = "gctnet_cpu"
-_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG")
+def _libmvec() -> bool:
+    """x86-64 glibc >= 2.35 ships vector tanhf variants in libmvec (the gate math's tanh, vectorized)."""
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        return False
+    lib, version = platform.libc_ver()
+    try:
+        major, minor = (int(v) for v in version.split(".")[:2])
+    except ValueError:
+        return False
+    return lib == "glibc" and (major, minor) >= (2, 35)
+
+
+_MVEC = _libmvec()
+_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG", *(("-DGCTNET_USE_LIBMVEC=1",) if _MVEC else ()))
+_LDFLAGS = ("-lmvec",) if _MVEC else ()
 _OK_MARKER = "gctnet-build-ok"
 
 
@@ -95,7 +110,7 @@ def _tag() -> str:
     h = hashlib.sha256(SOURCE.read_bytes())
     for header in HEADERS:
         h.update(b"\0" + (header.read_bytes() if header.is_file() else b"missing"))
-    for part in (*_CFLAGS, torch.__version__, str(torch.version.git_version), sys.version, platform.machine(), sys.platform):
+    for part in (*_CFLAGS, *_LDFLAGS, torch.__version__, str(torch.version.git_version), sys.version, platform.machine(), sys.platform):
         h.update(b"\0" + str(part).encode())
     return h.hexdigest()[:16]
 
@@ -161,6 +176,7 @@ def _build_or_load(verbose: bool, quiet: bool) -> KernelStatus:
             name=_NAME,
             sources=[str(SOURCE)],
             extra_cflags=list(_CFLAGS),
+            extra_ldflags=list(_LDFLAGS),
             build_directory=str(directory),
             is_python_module=False,
             verbose=verbose,
@@ -258,6 +274,11 @@ def backward(
     """
     out = x.new_empty((0,)) if grad_x is None else grad_x
     return torch.ops.gctnet_cpu.backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, bool(after_relu), out)
+
+
+def uses_libmvec() -> bool:
+    """Whether this build's gate math calls glibc's vector ``tanhf`` (libmvec; x86-64 glibc >= 2.35)."""
+    return _MVEC
 
 
 def isa(request: Optional[str] = None) -> str:

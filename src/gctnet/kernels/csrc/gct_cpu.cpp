@@ -41,6 +41,18 @@
 #include <tuple>
 #include <vector>
 
+// GCTNET_USE_LIBMVEC (set by cpu_ops.py with -lmvec on x86-64 glibc >= 2.35): declare tanhf's vector
+// variants (_ZGVbN4v_tanhf, _ZGVdN8v_tanhf, ... in libmvec) so `omp simd` loops call them.
+#ifndef GCTNET_USE_LIBMVEC
+#define GCTNET_USE_LIBMVEC 0
+#endif
+#if GCTNET_USE_LIBMVEC
+extern "C" {
+#pragma omp declare simd notinbranch
+float tanhf(float) noexcept;
+}
+#endif
+
 namespace {
 
 using at::Tensor;

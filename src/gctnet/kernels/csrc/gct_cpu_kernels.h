@@ -153,20 +153,47 @@ void grad_sample_cl(const T* gy, const T* x, T* gx, int64_t C, int64_t L, const 
   }
 }
 
+// t[c] = tanh(z[c]) for one sample's channels: the vector tanhf of glibc's libmvec where the build
+// enables it (gct_cpu.cpp: GCTNET_USE_LIBMVEC; float only), else the scalar std::tanh.
+inline void tanh_channels(const float* z, float* t, int64_t C) {
+#if GCTNET_USE_LIBMVEC
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) t[c] = tanhf(z[c]);
+#else
+  for (int64_t c = 0; c < C; ++c) t[c] = std::tanh(z[c]);
+#endif
+}
+
+inline void tanh_channels(const double* z, double* t, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) t[c] = std::tanh(z[c]);
+}
+
 // The per-sample gate math (functional._stats_from_sums) for one sample: S -> t, s, e, norm_inv.
 template <typename A>
 void sample_stats(const A* S, const A* a, const A* g, const A* b, int64_t C, A eps, bool l2, A* t, A* s, A* e,
                   A* norm_inv) {
   A m = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    e[c] = l2 ? std::sqrt(S[c] + eps) : S[c];
-    s[c] = a[c] * e[c];
-    m += l2 ? s[c] * s[c] : std::abs(s[c]);
+  if (l2) {
+#pragma omp simd reduction(+ : m)
+    for (int64_t c = 0; c < C; ++c) {
+      e[c] = std::sqrt(S[c] + eps);
+      s[c] = a[c] * e[c];
+      m += s[c] * s[c];
+    }
+  } else {
+#pragma omp simd reduction(+ : m)
+    for (int64_t c = 0; c < C; ++c) {
+      e[c] = S[c];
+      s[c] = a[c] * e[c];
+      m += std::abs(s[c]);
+    }
   }
   m /= static_cast<A>(C);
   const A ni = l2 ? A(1) / std::sqrt(m + eps) : A(1) / (m + eps);
   *norm_inv = ni;
-  for (int64_t c = 0; c < C; ++c) t[c] = std::tanh(g[c] * s[c] * ni + b[c]);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) t[c] = g[c] * s[c] * ni + b[c];  // z, then tanh in place
+  tanh_channels(t, t, C);
 }
 
 // The per-sample backward math (functional._grads_from_dot) for one sample: p -> coef and the
