@@ -202,25 +202,34 @@ template <typename A>
 void sample_grads(const A* p, const A* a, const A* g, const A* t, const A* s, const A* e, A ni, int64_t C,
                   bool l2, A* coef, A* ga, A* gg, A* gb) {
   A gsum = 0;
+#pragma omp simd reduction(+ : gsum)
   for (int64_t c = 0; c < C; ++c) {
     const A dz = p[c] * (A(1) - t[c] * t[c]);
     gb[c] = dz;
     gsum += dz * g[c] * s[c];
   }
   const A inv_c = A(1) / static_cast<A>(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const A dz = gb[c];
-    A ds;
-    if (l2) {
-      ds = dz * g[c] * ni - s[c] * (ni * ni * ni) * gsum * inv_c;
+  if (l2) {
+    const A k = (ni * ni * ni) * gsum * inv_c;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const A dz = gb[c];
+      const A ds = dz * g[c] * ni - s[c] * k;
       coef[c] = ds * a[c] / e[c];
-    } else {
-      const A sgn = static_cast<A>((s[c] > A(0)) - (s[c] < A(0)));
-      ds = dz * g[c] * ni - sgn * (ni * ni) * gsum * inv_c;
-      coef[c] = ds * a[c];
+      ga[c] = ds * e[c];
+      gg[c] = dz * s[c] * ni;
     }
-    ga[c] = ds * e[c];
-    gg[c] = dz * s[c] * ni;
+  } else {
+    const A k = (ni * ni) * gsum * inv_c;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const A dz = gb[c];
+      const A sgn = static_cast<A>((s[c] > A(0)) - (s[c] < A(0)));
+      const A ds = dz * g[c] * ni - sgn * k;
+      coef[c] = ds * a[c];
+      ga[c] = ds * e[c];
+      gg[c] = dz * s[c] * ni;
+    }
   }
 }
 
