@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -403,6 +404,40 @@ def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
     assert st.reason == "RuntimeError: g++: fatal error: no input files second line"
     assert "unavailable: RuntimeError" in st.describe()
     assert cpu_ops.cache_dir().is_relative_to(tmp_path)
+
+
+def test_build_falls_back_to_no_libmvec_when_linking_it_fails(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def fake_load(**kwargs):
+        calls.append(kwargs["extra_ldflags"])
+        if "-lmvec" in kwargs["extra_ldflags"]:
+            raise RuntimeError("ld: cannot find -lmvec")
+        return str(Path(kwargs["build_directory"]) / "gctnet_cpu.so")
+
+    monkeypatch.setenv("GCTNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_ops, "_ops_registered", lambda: False)
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    with_mvec = cpu_ops._Variant(cpu_ops._CFLAGS + ("-DGCTNET_USE_LIBMVEC=1",), ("-lmvec",))
+    monkeypatch.setattr(cpu_ops, "_VARIANTS", (with_mvec, cpu_ops._Variant(cpu_ops._CFLAGS)))
+    st = cpu_ops._build_or_load(verbose=False, quiet=True)
+    assert calls == [["-lmvec"], []]
+    assert st.available and st.built and not st.libmvec
+    assert "built without libmvec" in st.note and "cannot find -lmvec" in st.describe()
+    # the fallback's folder carries the marker, the preferred one does not: a later process loads it
+    assert (cpu_ops.cache_dir(cpu_ops._VARIANTS[1]) / cpu_ops._OK_MARKER).is_file()
+    assert not (cpu_ops.cache_dir() / cpu_ops._OK_MARKER).is_file()
+
+    def failing(**kwargs):
+        raise RuntimeError("ld: cannot find -lmvec" if "-lmvec" in kwargs["extra_ldflags"] else "compile error")
+
+    monkeypatch.setattr(cpp_extension, "load", failing)
+    monkeypatch.setattr(cpu_ops, "_VARIANTS", (with_mvec, cpu_ops._Variant(cpu_ops._CFLAGS + ("-DX",))))
+    st = cpu_ops._build_or_load(verbose=False, quiet=True)
+    assert not st.available
+    assert st.reason == "with libmvec: RuntimeError: ld: cannot find -lmvec; without libmvec: RuntimeError: compile error"
 
 
 def test_backend_names_are_checked(monkeypatch):

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -78,9 +78,25 @@ def _libmvec() -> bool:
     return lib == "glibc" and (major, minor) >= (2, 35)
 
 
-_MVEC = _libmvec()
-_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG", *(("-DGCTNET_USE_LIBMVEC=1",) if _MVEC else ()))
-_LDFLAGS = ("-lmvec",) if _MVEC else ()
+@dataclass(frozen=True)
+class _Variant:
+    """One way to build the library: its compiler and linker flags."""
+
+    cflags: Tuple[str, ...]
+    ldflags: Tuple[str, ...] = ()
+
+    @property
+    def libmvec(self) -> bool:
+        return "-lmvec" in self.ldflags
+
+
+_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG")
+# tried in order: with glibc's vector tanhf where it should exist, then without (a toolchain whose
+# sysroot lacks libmvec, e.g. an older glibc under a newer one, still gets the kernels)
+_VARIANTS: Tuple[_Variant, ...] = (
+    *((_Variant(_CFLAGS + ("-DGCTNET_USE_LIBMVEC=1",), ("-lmvec",)),) if _libmvec() else ()),
+    _Variant(_CFLAGS),
+)
 _OK_MARKER = "gctnet-build-ok"
 
 
@@ -93,11 +109,13 @@ class KernelStatus:
     reason: str  # "" when available; otherwise why not, in one line
     built: bool = False  # True when this process compiled it
     seconds: float = 0.0  # time spent loading (and building)
+    libmvec: bool = False  # the gate math's tanh is glibc's vector tanhf
+    note: str = ""  # e.g. why a preferred build variant was not used
 
     def describe(self) -> str:
         if self.available:
             how = f"built in {self.seconds:.0f} s" if self.built else "cached build"
-            return f"loaded ({how}): {self.path}"
+            return f"loaded ({how}): {self.path}" + (f"; {self.note}" if self.note else "")
         return f"unavailable: {self.reason}"
 
 
@@ -105,23 +123,27 @@ _lock = threading.Lock()
 _status: Optional[KernelStatus] = None
 
 
-def _tag() -> str:
+def _tag(variant: _Variant) -> str:
     """Build key: the sources, the flags, torch, Python and the platform."""
     h = hashlib.sha256(SOURCE.read_bytes())
     for header in HEADERS:
         h.update(b"\0" + (header.read_bytes() if header.is_file() else b"missing"))
-    for part in (*_CFLAGS, *_LDFLAGS, torch.__version__, str(torch.version.git_version), sys.version, platform.machine(), sys.platform):
+    parts = (*variant.cflags, *variant.ldflags, torch.__version__, str(torch.version.git_version), sys.version,
+             platform.machine(), sys.platform)
+    for part in parts:
         h.update(b"\0" + str(part).encode())
     return h.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    """Where this build of the kernels lives (``$GCTNET_CACHE_DIR`` or the user cache)."""
+def cache_dir(variant: Optional[_Variant] = None) -> Path:
+    """Where this build of the kernels lives (``$GCTNET_CACHE_DIR`` or the user cache); by default the
+    preferred build variant's folder."""
     root = os.environ.get("GCTNET_CACHE_DIR")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = os.path.join(xdg, "gctnet") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "gctnet")
-    return Path(root) / "cpu-kernels" / f"torch{torch.__version__.split('+')[0]}-{_tag()}"
+    tag = _tag(variant or _VARIANTS[0])
+    return Path(root) / "cpu-kernels" / f"torch{torch.__version__.split('+')[0]}-{tag}"
 
 
 def _library_file(directory: Path) -> Optional[Path]:
@@ -146,6 +168,12 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _cached(variant: _Variant) -> Optional[Path]:
+    directory = cache_dir(variant)
+    lib = _library_file(directory)
+    return lib if lib is not None and (directory / _OK_MARKER).is_file() else None
+
+
 def _build_or_load(verbose: bool, quiet: bool) -> KernelStatus:
     start = time.perf_counter()
     if _ops_registered():
@@ -153,43 +181,60 @@ def _build_or_load(verbose: bool, quiet: bool) -> KernelStatus:
     for source in (SOURCE, *HEADERS):
         if not source.is_file():
             return KernelStatus(False, None, f"the kernel source {source} is missing from the installation")
-    directory = cache_dir()
-    lib = _library_file(directory)
-    if lib is not None and (directory / _OK_MARKER).is_file():
+    for variant in _VARIANTS:  # a cached build of any variant, preferred first
+        lib = _cached(variant)
+        if lib is None:
+            continue
         try:
             torch.ops.load_library(str(lib))
-            return KernelStatus(True, str(lib), "", False, time.perf_counter() - start)
+            return KernelStatus(True, str(lib), "", False, time.perf_counter() - start, variant.libmvec)
         except Exception as exc:  # a stale or foreign file: rebuild below
             if not quiet:
                 print(f"gctnet: cached C++ CPU kernels could not be loaded ({_one_line(exc)}); rebuilding", file=sys.stderr)
-    try:
-        from torch.utils import cpp_extension
+    failures = []  # (variant, one-line error)
+    for variant in _VARIANTS:
+        directory = cache_dir(variant)
+        try:
+            path = _compile(variant, directory, verbose, quiet)
+        except Exception as exc:
+            failures.append((variant, _one_line(exc)))
+            continue
+        lib = _library_file(directory)
+        note = f"built without libmvec (scalar tanh): {failures[0][1]}" if failures else ""
+        return KernelStatus(True, str(lib or path), "", True, time.perf_counter() - start, variant.libmvec, note)
+    errors = [err for _, err in failures]
+    if len(set(errors)) == 1:  # e.g. no compiler: the same reason for every variant
+        reason = errors[0]
+    else:
+        reason = "; ".join(f"{'with' if v.libmvec else 'without'} libmvec: {err}" for v, err in failures)
+    return KernelStatus(False, None, reason, False, time.perf_counter() - start)
 
-        directory.mkdir(parents=True, exist_ok=True)
-        if not quiet:
-            print(
-                f"gctnet: compiling the C++ CPU kernels (once per machine and torch version, ~30 s) into {directory}",
-                file=sys.stderr,
-                flush=True,
-            )
-        path = cpp_extension.load(
-            name=_NAME,
-            sources=[str(SOURCE)],
-            extra_cflags=list(_CFLAGS),
-            extra_ldflags=list(_LDFLAGS),
-            build_directory=str(directory),
-            is_python_module=False,
-            verbose=verbose,
+
+def _compile(variant: _Variant, directory: Path, verbose: bool, quiet: bool) -> str:
+    from torch.utils import cpp_extension
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        print(
+            f"gctnet: compiling the C++ CPU kernels (once per machine and torch version, ~30 s) into {directory}",
+            file=sys.stderr,
+            flush=True,
         )
-        # written last and atomically: another process loads the library directly only after this
-        marker = directory / _OK_MARKER
-        tmp = marker.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(f"{torch.__version__}\n")
-        os.replace(tmp, marker)
-    except Exception as exc:
-        return KernelStatus(False, None, _one_line(exc), False, time.perf_counter() - start)
-    lib = _library_file(directory)
-    return KernelStatus(True, str(lib or path), "", True, time.perf_counter() - start)
+    path = cpp_extension.load(
+        name=_NAME,
+        sources=[str(SOURCE)],
+        extra_cflags=list(variant.cflags),
+        extra_ldflags=list(variant.ldflags),
+        build_directory=str(directory),
+        is_python_module=False,
+        verbose=verbose,
+    )
+    # written last and atomically: another process loads the library directly only after this
+    marker = directory / _OK_MARKER
+    tmp = marker.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(f"{torch.__version__}\n")
+    os.replace(tmp, marker)
+    return path
 
 
 def load(verbose: bool = False, quiet: bool = False) -> KernelStatus:
@@ -214,9 +259,7 @@ def load(verbose: bool = False, quiet: bool = False) -> KernelStatus:
 
 def cached_build() -> Optional[Path]:
     """The cached shared library for this source/torch/Python, if one was built (without loading it)."""
-    directory = cache_dir()
-    lib = _library_file(directory)
-    return lib if lib is not None and (directory / _OK_MARKER).is_file() else None
+    return next((lib for lib in map(_cached, _VARIANTS) if lib is not None), None)
 
 
 def status() -> Optional[KernelStatus]:
@@ -277,8 +320,8 @@ def backward(
 
 
 def uses_libmvec() -> bool:
-    """Whether this build's gate math calls glibc's vector ``tanhf`` (libmvec; x86-64 glibc >= 2.35)."""
-    return _MVEC
+    """Whether the loaded build's gate math calls glibc's vector ``tanhf`` (libmvec; x86-64 glibc >= 2.35)."""
+    return bool(_status is not None and _status.available and _status.libmvec)
 
 
 def isa(request: Optional[str] = None) -> str:
