@@ -95,3 +95,24 @@ def test_buffers_are_per_thread():
     t = threading.Thread(target=lambda: seen.append(scratch.held_bytes()))
     t.start(), t.join()
     assert seen == [0] and scratch.held_bytes() == x.numel() * 4
+
+
+def test_inference_mode_buffers_are_kept_apart():
+    x = torch.randn(2, 3, 4, 4)
+    with torch.inference_mode():
+        a = scratch.like(x)
+        assert a.is_inference()
+        del a
+    b = scratch.like(x)  # not the inference tensor: writing into it outside inference_mode must work
+    assert not b.is_inference()
+    b.copy_(x)
+    assert len(scratch._local.entries) == 2
+
+
+def test_tensor_subclasses_get_none():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.randn(2, 3, 4, 4))
+        assert scratch.like(fake) is None
+    assert scratch.held_bytes() == 0

@@ -564,6 +564,37 @@ def test_checkpoint_rebuilds_the_output_from_saved_statistics_into_reused_buffer
     scratch.clear()
 
 
+def test_inference_writes_the_gct_output_into_reused_buffers():
+    """No grad on the CPU: a gated conv computes its GCT into a reused buffer, with the same result as
+    conv(gct(x)); hooks on the GCT module make it call the module instead (and they fire)."""
+    from gctnet.kernels import scratch
+
+    torch.manual_seed(3)
+    model = apply_gct(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1))).eval()
+    for m in model.modules():
+        if isinstance(m, GCT):
+            nn.init.normal_(m.gamma), nn.init.normal_(m.beta)
+    x = torch.randn(2, 3, 7, 7)
+    scratch.clear()
+    with torch.no_grad():
+        h = nn.functional.conv2d(model[0].gct(x), model[0].weight, model[0].bias, padding=1)
+        ref = nn.functional.conv2d(model[2].gct(model[1](h)), model[2].weight, model[2].bias)
+        out1, out2 = model(x), model(x)
+    assert torch.allclose(out1, ref, atol=1e-6) and torch.equal(out1, out2)
+    assert scratch.held_bytes() == (2 * 3 * 49 + 2 * 6 * 49) * 4
+    seen = []
+    handle = model[0].gct.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    try:
+        with torch.no_grad():
+            assert torch.equal(model(x), out1)
+        model.train()
+        model(x).sum().backward()  # the lean training path also calls a hooked GCT module
+    finally:
+        handle.remove()
+    assert seen == [(2, 3, 7, 7), (2, 3, 7, 7)]
+    scratch.clear()
+
+
 def test_selected_kernel_takes_precedence_over_the_lean_path(monkeypatch):
     """With an accelerated GCT op selected (Triton on CUDA), gated convs call it instead of the eager
     fused GCT+conv function; the eager backend keeps the lean path."""

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .kernels import scratch
-from .functional import _GCTFunction, _is_compiling, _is_tracing, _no_autocast, validate_gct_args
+from .functional import _GCTFunction, _forward, _is_compiling, _is_tracing, _native, _no_autocast, validate_gct_args
 from .layers import GCT
 
 __all__ = [
@@ -84,6 +84,11 @@ class _GCTConvMixin:
     gct_checkpoint: bool
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's argument name
+        if not torch.is_grad_enabled() and _transient_applicable(self, input):
+            # inference: the GCT output only feeds this conv, so it goes into a reused CPU buffer
+            gct = self.gct
+            y = _gct_no_grad(input, gct.alpha, gct.gamma, gct.beta, gct.eps, gct.mode, gct.after_relu, scratch.like(input))
+            return super().forward(y)  # type: ignore[misc]
         if self.gct_checkpoint and _lean_applicable(self, input):
             return _GCTConvFunction.apply(
                 input,
@@ -131,13 +136,43 @@ def _has_gct_hook(module: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------
 # lean memory: fused GCT + conv that saves only x
 # --------------------------------------------------------------------------------------------------
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones), as ``nn.Module.__call__`` checks."""
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
+        return True
+    glob = torch.nn.modules.module
+    return any(getattr(glob, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
+    ))
+
+
+def _bypass_ok(conv: nn.Module, x: Tensor) -> bool:
+    """Whether ``conv`` may compute its GCT without calling the ``gct`` module: eager (not compiling or
+    tracing), a tensor input, no accelerated kernel selected for it (on CUDA with Triton the kernels are
+    faster), and no hooks on the GCT module (analysis tools and users hook it: they must see each call)."""
+    if not isinstance(x, Tensor) or _is_compiling() or _is_tracing() or _is_fx_tracing():
+        return False
+    return kernels.select(x) is None and not _has_hooks(conv.gct)
+
+
+def _transient_applicable(conv: nn.Module, x: Tensor) -> bool:
+    """No-grad forward on the CPU: the GCT output can go into a reused buffer (see :mod:`gctnet.kernels.scratch`)."""
+    return x.device.type == "cpu" and x.dim() == conv.weight.dim() and _bypass_ok(conv, x)
+
+
+def _gct_no_grad(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
+                 out: Optional[Tensor]) -> Tensor:
+    """``gct(x)`` without autograd, written into ``out`` when given (the C++ kernels where they run)."""
+    validate_gct_args(x, alpha, gamma, beta, eps, mode)
+    with _no_autocast(x.device.type):
+        return _forward(x, alpha, gamma, beta, eps, mode, bool(after_relu), _native(x), out)[0]
+
+
 def _lean_applicable(conv: nn.Module, x: Tensor) -> bool:
     """The fused path needs a grad-recording eager forward, integer zero padding, and no accelerated
     kernel selected for ``x`` (on CUDA with Triton the kernels are faster; ``GCTNET_BACKEND=eager``
-    gives the lean-memory path there too)."""
-    if not torch.is_grad_enabled() or _is_compiling() or _is_tracing() or _is_fx_tracing():
-        return False
-    if isinstance(x, Tensor) and kernels.select(x) is not None:
+    gives the lean-memory path there too); with hooks on the GCT module the plain composition runs."""
+    if not torch.is_grad_enabled() or not _bypass_ok(conv, x):
         return False
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False

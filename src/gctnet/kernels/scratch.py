@@ -1,8 +1,8 @@
 """Reusable CPU output buffers for GCT outputs that live only for one op call.
 
-In the lean GCT+conv path (:mod:`gctnet.surgery`, ``apply_gct(..., checkpoint=True)``) the GCT output
-``y`` is consumed by the convolution right away, in the forward and again (recomputed) in the
-backward: it is never saved.  Allocating it fresh each time costs more on the CPU than writing it:
+In a GCT-gated convolution (:mod:`gctnet.surgery`) the GCT output ``y`` is consumed by the convolution
+right away and never saved: in inference (no grad), and in the lean training path
+(``apply_gct(..., checkpoint=True)``, the default) in the forward and again (recomputed) in the backward.  Allocating it fresh each time costs more on the CPU than writing it:
 large blocks come from ``mmap`` or a freshly trimmed heap, so every page faults (and is zeroed by the
 kernel) on first write, and freeing it unmaps it again.  :func:`like` hands out one buffer per
 (shape, strides, dtype) instead, kept per thread and reused while nobody else holds it.
@@ -104,17 +104,20 @@ def _only_ours(buf: Tensor) -> bool:
 def like(x: Tensor) -> Optional[Tensor]:
     """A buffer with ``x``'s shape, strides and dtype for an output that dies before the next call.
 
-    Returns ``None`` (the caller allocates as usual) for non-CPU or non-dense ``x``, when reuse is
-    off, or when the buffer would not fit the budget.  The contents are garbage.  The buffer is handed
+    Returns ``None`` (the caller allocates as usual) for non-CPU, non-dense or subclassed ``x``, when
+    reuse is off, or when the buffer would not fit the budget.  The contents are garbage.  The buffer is handed
     out again only after every tensor on it (the returned one, views of it) has been freed.
     """
-    if x.device.type != "cpu" or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+    if type(x) is not Tensor or x.device.type != "cpu":  # subclasses (FakeTensor, ...) never share buffers
+        return None
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return None
     limit = limit_bytes()
     size = x.numel() * x.element_size()
     if limit <= 0 or size > limit or size == 0:
         return None
-    key = (tuple(x.shape), x.stride(), x.dtype)
+    # inference tensors (made under torch.inference_mode) cannot be written outside it: separate buffers
+    key = (tuple(x.shape), x.stride(), x.dtype, torch.is_inference_mode_enabled())
     entries = _local.entries
     buf = entries.get(key)
     if buf is not None:
