@@ -35,6 +35,16 @@ def test_buffer_is_reused_only_after_every_tensor_on_it_is_gone():
     assert scratch.held_bytes() == x.numel() * 4
 
 
+def test_every_kernel_layout_gets_a_buffer_with_its_strides():
+    for x in (
+        torch.randn(2, 3, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d),
+        torch.randn(2, 5, 3).transpose(1, 2),  # (N, C, L) view of an (N, L, C) tensor
+        torch.randn(2, 3, 5),
+    ):
+        buf = scratch.like(x)
+        assert buf is not None and buf.stride() == x.stride()
+
+
 def test_keyed_by_shape_strides_and_dtype():
     x = torch.randn(2, 4, 3, 3)
     cl = x.contiguous(memory_format=torch.channels_last)
@@ -46,6 +56,7 @@ def test_keyed_by_shape_strides_and_dtype():
 
 def test_other_tensors_get_none():
     assert scratch.like(torch.randn(2, 3, 4, 5).transpose(2, 3)) is None  # not dense in a known layout
+    assert scratch.like(torch.randn(2, 3, 4, 5).permute(0, 2, 1, 3)) is None  # dense, but not a kernel layout
     assert scratch.like(torch.randn(2, 0, 3)) is None
     assert scratch.like(torch.randn(2, 3, 4, device="meta")) is None
     assert scratch.held_bytes() == 0

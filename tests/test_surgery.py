@@ -595,6 +595,37 @@ def test_inference_writes_the_gct_output_into_reused_buffers():
     scratch.clear()
 
 
+@pytest.mark.parametrize("kind", ["conv1d_nlc", "conv2d_cl", "conv3d_cl"])
+def test_reused_buffers_in_every_kernel_layout_match_the_plain_composition(kind):
+    from gctnet.kernels import scratch
+
+    torch.manual_seed(4)
+    conv, x = {
+        "conv1d_nlc": (nn.Conv1d(3, 5, 3, padding=1), torch.randn(2, 9, 3).transpose(1, 2)),
+        "conv2d_cl": (nn.Conv2d(3, 5, 3, padding=1), torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)),
+        "conv3d_cl": (nn.Conv3d(3, 5, 3, padding=1),
+                      torch.randn(2, 3, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d)),
+    }[kind]
+    lean = apply_gct(nn.Sequential(conv))
+    plain = apply_gct(copy.deepcopy(nn.Sequential(conv)), checkpoint=False)
+    with torch.no_grad():
+        for m in (lean[0].gct, plain[0].gct):
+            m.gamma.copy_(torch.linspace(-2, 2, 3)), m.beta.fill_(0.3)
+    scratch.clear()
+    with torch.no_grad():
+        conv_fn = {3: nn.functional.conv1d, 4: nn.functional.conv2d, 5: nn.functional.conv3d}[x.dim()]
+        expected = conv_fn(plain[0].gct(x), plain[0].weight, plain[0].bias, padding=1)
+        assert torch.allclose(lean(x), expected, atol=1e-6)
+    assert scratch.held_bytes() == x.numel() * 4
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    lean(xa).square().sum().backward()
+    plain(xb).square().sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    for p, q in zip(lean.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4)
+    scratch.clear()
+
+
 def test_selected_kernel_takes_precedence_over_the_lean_path(monkeypatch):
     """With an accelerated GCT op selected (Triton on CUDA), gated convs call it instead of the eager
     fused GCT+conv function; the eager backend keeps the lean path."""

@@ -24,6 +24,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from .cpu_ops import _addressable
+
 __all__ = ["MAX_ENTRIES", "limit_bytes", "set_limit_mb", "use_limit_mb", "like", "clear", "held_bytes"]
 
 MAX_ENTRIES = 16
@@ -104,13 +106,14 @@ def _only_ours(buf: Tensor) -> bool:
 def like(x: Tensor) -> Optional[Tensor]:
     """A buffer with ``x``'s shape, strides and dtype for an output that dies before the next call.
 
-    Returns ``None`` (the caller allocates as usual) for non-CPU, non-dense or subclassed ``x``, when
+    Returns ``None`` (the caller allocates as usual) for non-CPU or subclassed ``x``, for layouts other
+    than contiguous, channels_last(_3d) and (N, L, C)-strided 1-D (those the C++ kernels write), when
     reuse is off, or when the buffer would not fit the budget.  The contents are garbage.  The buffer is handed
     out again only after every tensor on it (the returned one, views of it) has been freed.
     """
     if type(x) is not Tensor or x.device.type != "cpu":  # subclasses (FakeTensor, ...) never share buffers
         return None
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+    if not _addressable(x):  # the layouts the C++ kernels write without a copy (which empty_like keeps)
         return None
     limit = limit_bytes()
     size = x.numel() * x.element_size()
