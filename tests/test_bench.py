@@ -158,11 +158,12 @@ def test_bench_model_runs_each_model_under_its_scratch_budget(monkeypatch):
     from gctnet.kernels import scratch
 
     seen = []
+    before = scratch.limit_bytes()
     original = scratch.like
     monkeypatch.setattr(scratch, "like", lambda x: seen.append(scratch.limit_bytes()) or original(x))
     M.bench_model(["gct_resnet20:scratch_mb=0"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
     assert seen and set(seen) == {0}
-    assert scratch.limit_bytes() == 512 << 20  # restored
+    assert scratch.limit_bytes() == before != 0  # restored
 
 
 def test_bench_model_runs_each_model_under_its_backend(monkeypatch):

@@ -390,6 +390,12 @@ def test_unavailable_kernels_warn_once_under_auto_and_raise_under_cpp(monkeypatc
         kernels.set_backend(None)
 
 
+def test_isa_without_kernels_says_why(monkeypatch):
+    monkeypatch.setattr(cpu_ops, "load", lambda **kw: cpu_ops.KernelStatus(False, None, "no C++ compiler found"))
+    with pytest.raises(RuntimeError, match="unavailable.*no C\\+\\+ compiler found"):
+        cpu_ops.isa()
+
+
 def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
@@ -511,7 +517,8 @@ def _all_ops(x, alpha, gamma, beta, mode, after_relu, dy):
 @pytest.mark.parametrize("mode,after_relu", [("l2", False), ("l1", False), ("l1", True)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_avx2_kernels_match_the_baseline_build(shape, channels_last, mode, after_relu, dtype):
-    assert cpu_ops.isa() == "avx2"  # the default on an AVX2 CPU
+    if os.environ.get("GCTNET_CPU_ISA") != "baseline":
+        assert cpu_ops.isa() == "avx2"  # the default on an AVX2 CPU
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g, dtype=torch.float64)
     x = (x.relu() if after_relu else x).to(dtype)
@@ -519,12 +526,12 @@ def test_avx2_kernels_match_the_baseline_build(shape, channels_last, mode, after
     dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     dy = _channels_last(dy) if channels_last else dy
     alpha, gamma, beta = (p.detach() for p in _params(shape[1], dtype, seed=3))
-    fast = _all_ops(x, alpha, gamma, beta, mode, after_relu, dy)
-    try:
-        assert cpu_ops.isa("baseline") == "baseline"
+    with cpu_ops.use_isa("avx2") as name:
+        assert name == "avx2"
+        fast = _all_ops(x, alpha, gamma, beta, mode, after_relu, dy)
+    with cpu_ops.use_isa("baseline") as name:
+        assert name == "baseline"
         base = _all_ops(x, alpha, gamma, beta, mode, after_relu, dy)
-    finally:
-        cpu_ops.isa("auto")
     # FMA contraction and wider partial sums change roundings only
     tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
     for a, b in zip(fast, base):
@@ -573,3 +580,26 @@ def test_float32_gate_math_is_accurate_over_the_whole_tanh_range(channels):
     # tanh would be off by far more, and typical errors stay at a few float32 ulps
     assert err.max() < 1e-5 and err.median() < 1e-7, (err.max(), err.median())
     assert bool((t.abs() <= 1).all())
+
+
+def test_cli_checks_the_gctnet_environment_up_front(monkeypatch, capsys):
+    from gctnet.cli import main
+
+    for var, value, msg in (
+        ("GCTNET_CPU_ISA", "avx9", "GCTNET_CPU_ISA must be 'baseline'"),
+        ("GCTNET_SCRATCH_MB", "lots", "GCTNET_SCRATCH_MB must be a number"),
+        ("GCTNET_BACKEND", "fast", "GCT backend must be one of"),
+    ):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(SystemExit) as exc:
+            main(["kernels"])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+        monkeypatch.delenv(var)
+
+
+def test_unknown_cpu_isa_setting_warns_when_the_kernels_load(monkeypatch):
+    monkeypatch.setenv("GCTNET_CPU_ISA", "avx9")
+    monkeypatch.setattr(cpu_ops, "_status", None)
+    monkeypatch.setattr(cpu_ops, "_build_or_load", lambda verbose, quiet: cpu_ops.KernelStatus(False, None, "test"))
+    with pytest.warns(RuntimeWarning, match="GCTNET_CPU_ISA='avx9' is ignored"):
+        cpu_ops.load(quiet=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -46,9 +47,24 @@ def _command_module(name: str):
     return importlib.import_module(f"gctnet.commands.{name}")
 
 
+def _check_environment() -> None:
+    """The GCTNET_* settings read deep inside the library, checked up front (ValueError says which)."""
+    from .kernels import get_backend, scratch
+
+    get_backend()
+    scratch.limit_bytes()
+    isa = os.environ.get("GCTNET_CPU_ISA", "").strip()
+    if isa not in ("", "baseline"):
+        raise ValueError(f"GCTNET_CPU_ISA must be 'baseline' (or unset: AVX2 where the CPU has it), got {isa!r}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _check_environment()
+    except ValueError as exc:
+        parser.exit(2, f"gctnet: error: {exc}\n")
     try:
         return int(args._module.run(args) or 0)
     except UsageError as exc:

@@ -34,6 +34,7 @@ import platform
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -248,6 +249,11 @@ def load(verbose: bool = False, quiet: bool = False) -> KernelStatus:
         with _lock:
             if _status is None:
                 st = _build_or_load(verbose, quiet)
+                requested = os.environ.get("GCTNET_CPU_ISA", "").strip()
+                if requested not in ("", "baseline"):
+                    warnings.warn(f"gctnet: GCTNET_CPU_ISA={requested!r} is ignored: only 'baseline' (the SSE2 "
+                                  "build) can be forced; unset, the kernels use AVX2 where the CPU has it",
+                                  RuntimeWarning, stacklevel=2)
                 if st.available:
                     try:
                         _register_fakes()
@@ -329,9 +335,13 @@ def isa(request: Optional[str] = None) -> str:
 
     ``request`` (``"baseline"``, ``"avx2"`` or ``"auto"``) selects one for this process first; ``"avx2"``
     on a CPU or build without it raises.  ``GCTNET_CPU_ISA=baseline`` makes the baseline the default.
+    Loads the kernels first; raises ``RuntimeError`` (with the reason) where they cannot be had.
     """
     if request is not None and request not in (*ISAS, "auto"):
         raise ValueError(f"isa must be one of {ISAS + ('auto',)}, got {request!r}")
+    st = load(quiet=True)
+    if not st.available:
+        raise RuntimeError(f"the C++ CPU kernels are unavailable, so they have no instruction set: {st.reason}")
     return torch.ops.gctnet_cpu.isa(request or "")
 
 

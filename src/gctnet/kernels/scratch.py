@@ -78,7 +78,7 @@ def limit_bytes() -> int:
     try:
         mb = float(raw)
     except ValueError:
-        mb = float("nan")
+        raise ValueError(f"GCTNET_SCRATCH_MB must be a number of MiB >= 0 (0 disables reuse), got {raw!r}") from None
     return _check_mb(mb, f"GCTNET_SCRATCH_MB={raw!r}")
 
 
