@@ -272,6 +272,64 @@ def test_export_uses_plain_ops():
     _assert_close(ep.module()(x), model(x), 1e-5)
 
 
+def _gated_net(seed: int = 9):
+    from gctnet import apply_gct
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2, bias=False)
+    )
+    apply_gct(net)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("gamma", "beta")):
+                p.normal_()
+    return net.to(DEVICE)
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_gct_conv_runs_the_kernels_and_keeps_only_x(channels_last, monkeypatch):
+    """checkpoint=True (the default) on the Triton kernels: the fused GCT+conv function calls them in
+    forward and backward, saves no gated activation, and matches the plain composition on PyTorch ops."""
+    from gctnet.bench.memory import saved_tensor_bytes
+    from gctnet.kernels import triton_ops
+
+    calls = []
+    real_reduce = triton_ops.spatial_reduce
+    monkeypatch.setattr(triton_ops, "spatial_reduce", lambda a, kind, *r, **k: calls.append(kind) or real_reduce(a, kind, *r, **k))
+    lean, plain = _gated_net(), _gated_net()
+    for m in plain.modules():
+        if hasattr(m, "gct_checkpoint"):
+            m.gct_checkpoint = False
+    x = torch.randn(4, 3, 9, 9, device=DEVICE)
+    if channels_last:
+        x = _channels_last(x)
+    x.requires_grad_(True)
+    results = {}
+    for name, net, backend in (("lean", lean, "triton"), ("plain", plain, "triton"), ("ref", plain, "eager")):
+        with kernels.use_backend(backend):
+            calls.clear()
+            xi = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+            y, saved = saved_tensor_bytes(lambda: net(xi))
+            if name == "lean":
+                assert type(y.grad_fn).__name__ == "_GCTConvFunctionBackward"
+                assert calls == ["sumsq", "sumsq"], calls  # one reduction per GCT, on the Triton kernels
+            grads = torch.autograd.grad(y.square().sum(), [xi, *net.parameters()])
+            if name == "lean":
+                assert calls[2:] == ["dot", "dot"], calls
+        # full-size saved storages (the input x is 4x3x9x9 float32: 3888 bytes; the ReLU output 10368)
+        results[name] = (y, grads, sorted(b for b in saved.sizes if b >= 3888))
+    y_lean, grads_lean, big_lean = results["lean"]
+    y_ref, grads_ref, big_ref = results["ref"]
+    _assert_close(y_lean, y_ref, 1e-5)
+    for g, g_ref in zip(grads_lean, grads_ref):
+        _assert_close(g, g_ref, 1e-4)
+    assert big_lean == [3888, 10368], big_lean  # x and the ReLU output (which the ReLU keeps anyway)
+    # the composition also keeps each conv's gated input
+    assert results["plain"][2] == big_ref == [3888, 3888, 10368, 10368], (results["plain"][2], big_ref)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA GPU and Triton")
 @pytest.mark.parametrize("channels_last", [False, True])

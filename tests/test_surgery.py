@@ -626,24 +626,46 @@ def test_reused_buffers_in_every_kernel_layout_match_the_plain_composition(kind)
     scratch.clear()
 
 
-def test_selected_kernel_takes_precedence_over_the_lean_path(monkeypatch):
-    """With an accelerated GCT op selected (Triton on CUDA), gated convs call it instead of the eager
-    fused GCT+conv function; the eager backend keeps the lean path."""
+def test_lean_path_runs_the_kernels_native_ops_names(monkeypatch):
+    """A selected accelerated op (Triton on CUDA) does not switch the lean GCT+conv path off: the fused
+    function runs whatever :func:`gctnet.kernels.native_ops` names for the input, in the forward, the
+    backward's recomputation and the GCT backward (the Triton case itself: tests/test_kernels.py)."""
+    import types
+
     import gctnet.kernels as kernels
     from gctnet.functional import gct_reference
+    from gctnet.kernels import cpu_ops
 
+    st = cpu_ops.load(quiet=True)
+    if not st.available:
+        pytest.skip(f"C++ CPU kernels unavailable: {st.reason}")
     calls = []
 
-    def fake_op(x, *args):
-        calls.append(tuple(x.shape))
-        return gct_reference(x, *args)
+    def recorded(name):
+        def call(*args):
+            calls.append(name)
+            return getattr(cpu_ops, name)(*args)
+        return call
 
+    engine = types.SimpleNamespace(**{n: recorded(n) for n in ("forward", "forward_into", "scale", "scale_into", "backward")})
+    selected = []
+    monkeypatch.setattr(kernels, "select", lambda t: selected.append(t) or gct_reference)
+    monkeypatch.setattr(kernels, "native_ops", lambda t: engine)
+    torch.manual_seed(0)
     model = apply_gct(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)))
+    with torch.no_grad():
+        model[0].gct.gamma.normal_()
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    monkeypatch.setattr(kernels, "select", lambda t: fake_op)
     out = model(x)
-    assert calls == [(2, 3, 8, 8)] and out.grad_fn is not None
-    assert "GCTConvFunction" not in type(out.grad_fn).__name__
-    monkeypatch.setattr(kernels, "select", lambda t: None)
-    out = model(x)
-    assert len(calls) == 1 and "GCTConvFunction" in type(out.grad_fn).__name__
+    assert "GCTConvFunction" in type(out.grad_fn).__name__ and not selected
+    assert calls == ["forward_into"]
+    out.square().sum().backward()
+    assert calls == ["forward_into", "scale_into", "backward"]
+    ref = x.detach().requires_grad_(True)
+    with kernels.use_backend("eager"):
+        monkeypatch.undo()
+        ref_out = model[0]._conv_forward(gct_reference(ref, model[0].gct.alpha, model[0].gct.gamma, model[0].gct.beta),
+                                         model[0].weight, model[0].bias)
+    ref_out.square().sum().backward()
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-4, atol=1e-4)

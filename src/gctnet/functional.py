@@ -297,20 +297,21 @@ def _scale(x: Tensor, gate: Tensor, out: Optional[Tensor] = None) -> Tensor:
 
 
 def _native(x: Tensor):
-    """The C++ CPU kernels (:mod:`gctnet.kernels.cpu_ops`) for eager work on ``x``, or ``None``."""
-    if x.device.type != "cpu" or _is_compiling():
+    """The kernels for eager work on ``x`` (:mod:`gctnet.kernels.triton_ops` on CUDA,
+    :mod:`gctnet.kernels.cpu_ops` on CPU; see :func:`gctnet.kernels.native_ops`), or ``None``."""
+    if _is_compiling():
         return None
     from . import kernels  # local import: the backend registry imports this module
 
-    return kernels.cpu_kernels(x)
+    return kernels.native_ops(x)
 
 
 def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
              native=None, out: Optional[Tensor] = None):
     """``(y, t, s, e, norm_inv)``: the output and the statistics the backward needs.
 
-    With ``native`` (the C++ CPU kernels, see :func:`_native`) one fused kernel (one pass per sample
-    while its slab is in the cache); otherwise the PyTorch ops: one reduction read of x, one read+write
+    With ``native`` (kernels from :func:`_native`) their fused passes (on CPU one pass per sample while
+    its slab is in the cache); otherwise the PyTorch ops: one reduction read of x, one read+write
     for the scaling.  ``out`` (x's shape, strides and dtype) receives ``y`` when given.
     """
     if native is not None:
@@ -322,12 +323,8 @@ def _forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, 
 
 
 def _saved_native(ctx):
-    """The C++ kernels if the forward of ``ctx`` ran them (the backward follows the forward's choice)."""
-    if not getattr(ctx, "native", False):
-        return None
-    from .kernels import cpu_ops
-
-    return cpu_ops
+    """The kernels the forward of ``ctx`` ran, or ``None`` (the backward follows the forward's choice)."""
+    return getattr(ctx, "native", None)
 
 
 def gct_gate(
@@ -369,7 +366,7 @@ class _GCTFunction(torch.autograd.Function):
         with _no_autocast(x.device.type):
             native = _native(x)
             y, t, s, e, norm_inv = _forward(x, alpha, gamma, beta, eps, mode, after_relu, native, out)
-        ctx.native = native is not None
+        ctx.native = native
         ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
         ctx.param_dtypes = (alpha.dtype, gamma.dtype, beta.dtype)
         ctx.save_for_backward(x, alpha, gamma, beta, t, s, e, norm_inv)
@@ -404,7 +401,7 @@ class _GCTFunction(torch.autograd.Function):
         x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
         acc = t.dtype
         native = _saved_native(ctx)
-        if native is not None:  # the fused C++ CPU kernel: dot product, gate math and grad_x per sample
+        if native is not None:  # the kernels: dot product, gate math and grad_x (C++: fused per sample)
             need_x = ctx.needs_input_grad[0]
             grad_x = None
             if need_x:

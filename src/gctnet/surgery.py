@@ -35,7 +35,6 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 from torch import Tensor, nn
 
-from . import kernels
 from .kernels import scratch
 from .functional import _GCTFunction, _forward, _is_compiling, _is_tracing, _native, _no_autocast, validate_gct_args
 from .layers import GCT
@@ -148,11 +147,11 @@ def _has_hooks(module: nn.Module) -> bool:
 
 def _bypass_ok(conv: nn.Module, x: Tensor) -> bool:
     """Whether ``conv`` may compute its GCT without calling the ``gct`` module: eager (not compiling or
-    tracing), a tensor input, no accelerated kernel selected for it (on CUDA with Triton the kernels are
-    faster), and no hooks on the GCT module (analysis tools and users hook it: they must see each call)."""
+    tracing), a tensor input, and no hooks on the GCT module (analysis tools and users hook it: they
+    must see each call).  The kernels (Triton, C++) still run: see :func:`gctnet.kernels.native_ops`."""
     if not isinstance(x, Tensor) or _is_compiling() or _is_tracing() or _is_fx_tracing():
         return False
-    return kernels.select(x) is None and not _has_hooks(conv.gct)
+    return not _has_hooks(conv.gct)
 
 
 def _transient_applicable(conv: nn.Module, x: Tensor) -> bool:
@@ -169,9 +168,9 @@ def _gct_no_grad(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: flo
 
 
 def _lean_applicable(conv: nn.Module, x: Tensor) -> bool:
-    """The fused path needs a grad-recording eager forward, integer zero padding, and no accelerated
-    kernel selected for ``x`` (on CUDA with Triton the kernels are faster; ``GCTNET_BACKEND=eager``
-    gives the lean-memory path there too); with hooks on the GCT module the plain composition runs."""
+    """The fused path needs a grad-recording eager forward and integer zero padding; with hooks on the
+    GCT module the plain composition runs.  It uses the same kernels as the GCT module would (Triton on
+    CUDA, C++ on CPU, or PyTorch ops)."""
     if not torch.is_grad_enabled() or not _bypass_ok(conv, x):
         return False
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):

@@ -9,8 +9,9 @@
 * ``cpp``: the C++ kernels for CPU tensors (an error if they cannot be built); eager elsewhere;
 * ``eager``: the lean PyTorch path of :mod:`gctnet.functional` everywhere.
 
-The C++ kernels run inside :class:`gctnet.functional._GCTFunction` (same saved tensors), so the lean
-GCT+conv path of :mod:`gctnet.surgery` uses them too; :func:`cpu_kernels` says when.
+The C++ kernels run inside :class:`gctnet.functional._GCTFunction` (same saved tensors), and so do
+the Triton kernels when the lean GCT+conv path of :mod:`gctnet.surgery` runs them in eager mode;
+:func:`native_ops` says which.
 
 Export/tracing paths never come here: :func:`gctnet.functional.gct` switches to plain ops first.
 """
@@ -26,7 +27,8 @@ from typing import Callable, Iterator, Optional
 import torch
 
 __all__ = [
-    "BACKENDS", "get_backend", "set_backend", "use_backend", "select", "cpu_kernels", "triton_available", "report",
+    "BACKENDS", "get_backend", "set_backend", "use_backend", "select", "native_ops", "cpu_kernels", "triton_available",
+    "report",
 ]
 
 BACKENDS = ("auto", "triton", "cpp", "eager")
@@ -93,6 +95,21 @@ def select(x: torch.Tensor) -> Optional[Callable[..., torch.Tensor]]:
             raise RuntimeError(f"GCTNET_BACKEND=triton but the Triton kernels are unavailable: {exc}") from exc
         return None
     return triton_ops.op_for(x)
+
+
+def native_ops(x: torch.Tensor) -> Optional[ModuleType]:
+    """The kernel module the eager autograd functions call for ``x``, or ``None`` for PyTorch ops.
+
+    :mod:`gctnet.kernels.triton_ops` where :func:`select` picks the Triton kernels and they can address
+    ``x`` without a copy; else :func:`cpu_kernels`.  Both modules offer the same calls (``forward``,
+    ``forward_into``, ``scale``, ``scale_into``, ``backward``), which the lean GCT+conv path of
+    :mod:`gctnet.surgery` uses to keep only ``x`` for the backward, on CUDA as on CPU.
+    """
+    if select(x) is not None:
+        from . import triton_ops
+
+        return triton_ops if triton_ops.supports(x) else None
+    return cpu_kernels(x) if x.device.type == "cpu" else None
 
 
 def cpu_kernels(x: torch.Tensor) -> Optional[ModuleType]:

@@ -18,6 +18,10 @@ channels_last_3d, (N, L, C)-strided 1-D); others are made contiguous first.  Dty
 bfloat16 (statistics in float32; output in the input dtype).  Double backward (``create_graph=True``)
 differentiates a plain-ops recomputation, like the eager path.
 
+The module-level ``forward``/``forward_into``/``scale``/``scale_into``/``backward`` are the same kernels
+as plain calls, with the interface of :mod:`gctnet.kernels.cpu_ops`: the eager autograd functions (the
+lean GCT+conv path of :mod:`gctnet.surgery`) call them through :func:`gctnet.kernels.native_ops`.
+
 :func:`op_for` is what :func:`gctnet.kernels.select` calls: it returns :func:`gct_triton` for tensors
 these kernels take (CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1`` was set before Triton
 was imported), ``None`` otherwise.
@@ -34,7 +38,10 @@ import triton
 from .. import functional as F
 from ._triton_kernels import reduce_kernel, scale_kernel
 
-__all__ = ["SUPPORTED_DTYPES", "INTERPRET", "op_for", "gct_triton", "spatial_reduce", "scale"]
+__all__ = [
+    "SUPPORTED_DTYPES", "INTERPRET", "op_for", "gct_triton", "spatial_reduce", "scale_pass",
+    "supports", "forward", "forward_into", "scale", "scale_into", "backward",
+]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton reads TRITON_INTERPRET when kernels are first built; we read it once, at import, so compiled
@@ -118,7 +125,7 @@ def spatial_reduce(a: Tensor, kind: str, b: Optional[Tensor] = None, splits: Opt
     return out[0] if splits == 1 else out.sum(dim=0)
 
 
-def scale(
+def scale_pass(
     a: Tensor,
     gate: Tensor,
     out: Tensor,
@@ -153,6 +160,74 @@ def _reduce_kind(mode: str, after_relu: bool) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# the kernel interface of the eager autograd functions (the same calls as gctnet.kernels.cpu_ops)
+# --------------------------------------------------------------------------------------------------
+def supports(x: Tensor) -> bool:
+    """Whether :func:`forward` etc. take ``x`` as it is: a tensor :func:`op_for` accepts whose spatial
+    dims flatten to one stride (no copy, so the tensor the caller saves is the one the kernels read)."""
+    return op_for(x) is not None and _flat_strides(x) is not None
+
+
+def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
+    """``(y, t, s, e, norm_inv)``: one reduction kernel, the per-(n, c) gate math, one scaling kernel."""
+    return forward_into(x, alpha, gamma, beta, eps, mode, after_relu, None)
+
+
+def forward_into(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
+                 out: Optional[Tensor]):
+    """:func:`forward` writing ``y`` into ``out`` (x's shape and layout) when given."""
+    with F._no_autocast(x.device.type):
+        sums = spatial_reduce(x, _reduce_kind(mode, after_relu))
+        t, s, e, norm_inv = F._stats_from_sums(sums, alpha, gamma, beta, eps, mode)
+        y = scale_into(x, t, torch.empty_like(x) if out is None else out)
+    return y, t, s, e, norm_inv
+
+
+def scale(x: Tensor, t: Tensor) -> Tensor:
+    """``x * (1 + t)`` with ``t`` (N, C): the output rebuilt from the saved statistics (one pass)."""
+    return scale_into(x, t, torch.empty_like(x))
+
+
+def scale_into(x: Tensor, t: Tensor, out: Tensor) -> Tensor:
+    """:func:`scale` written into ``out``; returns ``out``."""
+    return _into(out, lambda target: scale_pass(x, 1.0 + t, target))
+
+
+def backward(
+    grad_y: Tensor,
+    x: Tensor,
+    alpha: Tensor,
+    gamma: Tensor,
+    t: Tensor,
+    s: Tensor,
+    e: Tensor,
+    norm_inv: Tensor,
+    mode: str,
+    after_relu: bool,
+    grad_x: Optional[Tensor],
+):
+    """``(grad_alpha, grad_gamma, grad_beta)`` in float32; grad_x written into ``grad_x`` (``grad_y``
+    itself works: the pointwise kernel reads each element before it writes it); ``None`` skips it."""
+    grad_y = _flattenable(grad_y)
+    with F._no_autocast(x.device.type):
+        p = spatial_reduce(grad_y, "dot", x)
+        coef, grad_alpha, grad_gamma, grad_beta = F._grads_from_dot(p, alpha, gamma, t, s, e, norm_inv, mode)
+        if grad_x is not None:
+            kind = 1 if mode == "l2" else (3 if after_relu else 2)
+            _into(grad_x, lambda target: scale_pass(grad_y, 1.0 + t, target, coef=coef, b=x, kind=kind))
+    return grad_alpha, grad_gamma, grad_beta
+
+
+def _into(out: Tensor, write: Callable[[Tensor], Tensor]) -> Tensor:
+    """Run ``write(target)`` into ``out``, through a contiguous temporary if the kernels cannot address it."""
+    if _flat_strides(out) is not None:
+        write(out)
+    else:
+        out.copy_(write(torch.empty_like(out, memory_format=torch.contiguous_format)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------------------
 @torch.library.custom_op(
@@ -162,11 +237,7 @@ def _reduce_kind(mode: str, after_relu: bool) -> str:
     " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 def _gct_fwd(x, alpha, gamma, beta, eps, mode, after_relu):
-    with F._no_autocast(x.device.type):
-        sums = spatial_reduce(x, _reduce_kind(mode, after_relu))
-        t, s, e, norm_inv = F._stats_from_sums(sums, alpha, gamma, beta, eps, mode)
-        y = scale(x, 1.0 + t, torch.empty_like(x))
-    return y, t, s, e, norm_inv
+    return forward(x, alpha, gamma, beta, eps, mode, after_relu)
 
 
 @_gct_fwd.register_fake
@@ -183,16 +254,9 @@ def _gct_fwd_fake(x, alpha, gamma, beta, eps, mode, after_relu):
     "Tensor norm_inv, str mode, bool after_relu, bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor)",
 )
 def _gct_bwd(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, need_grad_x):
-    grad_y = _flattenable(grad_y)
-    with F._no_autocast(x.device.type):
-        p = spatial_reduce(grad_y, "dot", x)
-        coef, grad_alpha, grad_gamma, grad_beta = F._grads_from_dot(p, alpha, gamma, t, s, e, norm_inv, mode)
-        if need_grad_x:
-            kind = 1 if mode == "l2" else (3 if after_relu else 2)
-            grad_x = scale(grad_y, 1.0 + t, torch.empty_like(x), coef=coef, b=x, kind=kind)
-        else:
-            grad_x = x.new_empty((0,))
-    return grad_x, grad_alpha, grad_gamma, grad_beta
+    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty((0,))
+    grads = backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x if need_grad_x else None)
+    return (grad_x, *grads)
 
 
 @_gct_bwd.register_fake
