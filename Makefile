@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.gctnet-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: test demo install data bench clean
+.PHONY: test demo install data bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ demo: install data
 
 bench: install
 	$(BIN)/gctnet bench all --markdown BENCHMARKS.md
+
+# On a CUDA machine: the kernel tests on the GPU, the GPU benchmarks (eager, into BENCHMARKS-cuda.md),
+# then the compiled ResNet-50 pair with AMP + channels_last (the issue-7 GPU targets).
+gpu-check: install
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA GPU')"
+	$(BIN)/python -m pytest -q -rs tests/test_kernels.py
+	$(BIN)/python -m pytest -q -rs -m gpu
+	$(BIN)/gctnet bench all --device cuda --no-compile --markdown BENCHMARKS-cuda.md
+	$(BIN)/gctnet bench model --device cuda --compile --amp --channels-last --models resnet50,gct_resnet50 \
+	  --input-size 3,224,224 --batch-size 64 --num-classes 1000 --repeats 10
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
