@@ -42,6 +42,53 @@ def test_timing_median_and_spread():
     assert R.Timing([2.0]).spread == 0.0
 
 
+def test_median_interval_uses_binomial_order_statistics():
+    # n = 20: P(Binomial(20, 1/2) <= 5) = 0.0207 <= 0.025 < P(<= 6) = 0.0577 -> ranks 6 and 15
+    assert R.median_interval(range(1, 21)) == (6.0, 15.0)
+    assert R.median_interval([5, 1, 4, 2, 3, 6]) == (1.0, 6.0)  # n = 6: the extremes cover 96.9%
+    assert R.median_interval(range(1, 11)) == (2.0, 9.0)  # n = 10: P(<= 1) = 0.0107, P(<= 2) = 0.0547
+    assert R.median_interval(range(1, 21), confidence=0.5)[1] - R.median_interval(range(1, 21), confidence=0.5)[0] < 9
+    assert all(math.isnan(v) for v in R.median_interval(range(1, 6)))  # n = 5: even [min, max] covers < 95%
+    assert all(math.isnan(v) for v in R.median_interval([]))
+    with pytest.raises(ValueError, match="confidence"):
+        R.median_interval([1.0], confidence=1.0)
+
+
+def test_paired_ratio_pairs_repetitions_not_medians():
+    # a slow spell (repetitions 3-5) triples both candidates' times: each timing's spread is huge, but
+    # every paired ratio is 1.2, so the ratio and its interval are exact
+    ref = R.Timing([1.0, 1.0, 3.0, 3.0, 3.0, 1.0, 1.0])
+    cand = R.Timing([1.2, 1.2, 3.6, 3.6, 3.6, 1.2, 1.2])
+    assert ref.spread > 1.0
+    r = R.paired_ratio(cand, ref)
+    assert r.value == pytest.approx(1.2) and r.interval == pytest.approx((1.2, 1.2)) and r.n == 7
+    noisy = R.paired_ratio(R.Timing([1.1, 1.3, 1.2, 1.0, 1.25, 1.15]), R.Timing([1.0] * 6))
+    assert noisy.value == pytest.approx(1.175) and noisy.interval == pytest.approx((1.0, 1.3))
+    assert noisy.text() == "1.175x (95% CI 1.000-1.300)"
+    short = R.paired_ratio(R.Timing([2.0, 2.0]), R.Timing([1.0, 1.0]))
+    assert short.value == 2.0 and short.interval is None and short.text() == "2.000x"
+    with pytest.raises(ValueError, match="same interleaved run"):
+        R.paired_ratio(R.Timing([1.0, 2.0]), R.Timing([1.0]))
+
+
+@pytest.mark.parametrize(
+    "value, interval, verdict",
+    [
+        (1.05, (1.02, 1.08), "yes"),
+        (1.08, (1.04, 1.13), "yes, within noise"),
+        (1.12, (1.09, 1.15), "no, within noise"),
+        (1.15, (1.11, 1.19), "no"),
+        (1.05, None, "yes"),
+        (1.15, None, "no"),
+    ],
+)
+def test_target_verdict_says_when_the_interval_spans_the_limit(value, interval, verdict):
+    t = R._target("x", 1.10, value, interval=interval)
+    assert t.verdict == verdict and t.met is (value <= 1.10)
+    assert ("95% CI" in t.measured) is (interval is not None)
+    assert R._met_text(t) == ("**no**" if verdict == "no" else verdict)
+
+
 def test_machine_info_describes_the_machine():
     info = R.machine_info()
     assert info["torch"] == torch.__version__
@@ -189,6 +236,7 @@ def test_bench_model_structure_and_ratios():
     assert [r.label for r in result.rows] == ["resnet20", "gct_resnet20:checkpoint=false", "gct_resnet20"]
     first, gct, ckpt = result.rows  # gct: conv keeps the GCT output; ckpt: the default lean path
     assert first.train_ratio == 1.0 and first.infer_ratio == 1.0 and first.saved_ratio == 1.0
+    assert first.train_ratio_ci is None  # 2 repetitions: too few for a 95% interval
     for r in result.rows:
         assert _positive(r.train_ms) and _positive(r.infer_ms) and _positive(r.train_ratio)
         assert _positive(r.train_images_per_s) and _positive(r.saved_bytes_per_image)
@@ -196,6 +244,18 @@ def test_bench_model_structure_and_ratios():
     assert gct.saved_bytes_per_image > first.saved_bytes_per_image  # GCT outputs kept for the convs
     assert ckpt.saved_bytes_per_image < gct.saved_bytes_per_image  # the lean-memory option recomputes them
     assert "resnet20" in result.format() and result.markdown().startswith("**models at 1x8x8")
+
+
+def test_bench_model_ratio_intervals_bracket_the_ratio():
+    result = M.bench_model(["resnet20", "gct_resnet20"], (1, 8, 8), batch_size=2, repeats=6, warmup=0)
+    first, gct = result.rows
+    assert first.train_ratio == 1.0 and first.train_ratio_ci == (1.0, 1.0)
+    for ratio, ci in ((gct.train_ratio, gct.train_ratio_ci), (gct.infer_ratio, gct.infer_ratio_ci)):
+        assert ci is not None and ci[0] <= ratio <= ci[1]
+    headers, rows = result.table()
+    col = headers.index("train x CI")
+    assert rows[0][col] is None and rows[1][col] == f"{gct.train_ratio_ci[0]:.3f}-{gct.train_ratio_ci[1]:.3f}"
+    assert any("95% confidence interval" in n for n in result.notes)
 
 
 def test_bench_model_validates_arguments():
@@ -227,6 +287,7 @@ def test_bench_all_writes_a_report_with_targets():
     for t in result.targets:
         if t not in gpu:
             assert t.met in (True, False) and t.measured is not None
+            assert t.verdict in ("yes", "no", "yes, within noise", "no, within noise")
 
 
 def test_cli_bench_layer_and_usage_errors(capsys):

@@ -39,7 +39,7 @@ from .. import functional as F
 from .. import kernels
 from ..layers import GCT
 from .memory import _storage_key, saved_tensor_bytes
-from .report import BenchmarkResult, Timing, interleaved_times, noise_note
+from .report import PAIRED_NOTE, BenchmarkResult, Timing, interleaved_times, interval_cell, noise_note, paired_ratio
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -181,8 +181,10 @@ class LayerRow:
     label: str
     fwd_ms: Optional[float] = None
     fwdbwd_ms: Optional[float] = None
-    fwd_ratio: Optional[float] = None  # to multiply
+    fwd_ratio: Optional[float] = None  # to multiply: median of the per-repetition ratios
     fwdbwd_ratio: Optional[float] = None
+    fwd_ratio_ci: Optional[Tuple[float, float]] = None  # 95% confidence interval of fwd_ratio (>= 6 repeats)
+    fwdbwd_ratio_ci: Optional[Tuple[float, float]] = None
     fwd_spread: Optional[float] = None  # interquartile range / median
     fwdbwd_spread: Optional[float] = None
     fwd_gbps: Optional[float] = None  # floor traffic / time
@@ -208,15 +210,15 @@ class LayerBenchmark(BenchmarkResult):
 
     def table(self) -> Tuple[List[str], List[List[Any]]]:
         headers = [
-            "implementation", "fwd ms", "fwd x", "fwd GB/s", "fwd+bwd ms", "fwd+bwd x", "fwd+bwd GB/s",
-            "saved/input", "full-size", "stats",
+            "implementation", "fwd ms", "fwd x", "fwd x CI", "fwd GB/s", "fwd+bwd ms", "fwd+bwd x", "fwd+bwd x CI",
+            "fwd+bwd GB/s", "saved/input", "full-size", "stats",
         ]
         rows = []
         for r in self.rows:
             rows.append([
                 r.label,
-                _fmt_ms(r.fwd_ms), _fmt(r.fwd_ratio, 2, "x"), _fmt(r.fwd_gbps, 1),
-                _fmt_ms(r.fwdbwd_ms), _fmt(r.fwdbwd_ratio, 2, "x"), _fmt(r.fwdbwd_gbps, 1),
+                _fmt_ms(r.fwd_ms), _fmt(r.fwd_ratio, 2, "x"), _ci(r, r.fwd_ratio_ci), _fmt(r.fwd_gbps, 1),
+                _fmt_ms(r.fwdbwd_ms), _fmt(r.fwdbwd_ratio, 2, "x"), _ci(r, r.fwdbwd_ratio_ci), _fmt(r.fwdbwd_gbps, 1),
                 _fmt(r.saved_ratio, 3, "x"), _fmt(r.saved_full_ratio, 3, "x"), _fmt(r.saved_stats_ratio, 4, "x"),
             ])
         return headers, rows
@@ -231,6 +233,11 @@ class LayerBenchmark(BenchmarkResult):
 
 def _fmt(v: Optional[float], digits: int, suffix: str = "") -> Optional[str]:
     return None if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def _ci(row: LayerRow, interval: Optional[Tuple[float, float]]) -> Optional[str]:
+    """The ratio's confidence interval; none for the unit row (1 by definition)."""
+    return None if row.name == "multiply" else interval_cell(interval, 2)
 
 
 def _fmt_ms(v: Optional[float]) -> Optional[str]:
@@ -398,6 +405,7 @@ def bench_layer(
         "ratios are to x * w (only x requires grad); GB/s = floor traffic (GCT 3 passes forward, "
         "5 backward; multiply 2 + 2; copy 2) / time"
     )
+    result.notes.append(PAIRED_NOTE)
     return result
 
 
@@ -423,12 +431,14 @@ def _fill_timing(
     passes_fwd, passes_bwd = _FLOOR_PASSES[row.name]
     if fwd is not None:
         row.fwd_ms = fwd.median * 1e3
-        row.fwd_ratio = fwd.median / unit_fwd.median
+        ratio = paired_ratio(fwd, unit_fwd)
+        row.fwd_ratio, row.fwd_ratio_ci = ratio.value, ratio.interval
         row.fwd_spread = fwd.spread
         row.fwd_gbps = passes_fwd * input_bytes / fwd.median / 1e9
     if bwd is not None and passes_bwd is not None:
         row.fwdbwd_ms = bwd.median * 1e3
-        row.fwdbwd_ratio = bwd.median / unit_bwd.median
+        ratio = paired_ratio(bwd, unit_bwd)
+        row.fwdbwd_ratio, row.fwdbwd_ratio_ci = ratio.value, ratio.interval
         row.fwdbwd_spread = bwd.spread
         row.fwdbwd_gbps = (passes_fwd + passes_bwd) * input_bytes / bwd.median / 1e9
 

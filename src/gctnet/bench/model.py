@@ -37,7 +37,9 @@ from ..kernels import scratch
 from ..optim import optimizer_step
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
-from .report import BenchmarkResult, Timing, interleaved_times, noise_note, synchronize
+from .report import (
+    PAIRED_NOTE, BenchmarkResult, Timing, interleaved_times, interval_cell, noise_note, paired_ratio, synchronize,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -153,7 +155,7 @@ class ModelRow:
     label: str
     params: int
     train_ms: float
-    train_ratio: float
+    train_ratio: float  # to the first model: median of the per-repetition ratios
     train_spread: float
     infer_ms: float
     infer_ratio: float
@@ -162,6 +164,8 @@ class ModelRow:
     saved_bytes_per_image: float
     saved_ratio: float
     compile_s: Optional[float] = None
+    train_ratio_ci: Optional[Tuple[float, float]] = None  # 95% confidence interval of train_ratio (>= 6 repeats)
+    infer_ratio_ci: Optional[Tuple[float, float]] = None
 
 
 @dataclass
@@ -177,15 +181,18 @@ class ModelBenchmark(BenchmarkResult):
 
     def table(self) -> Tuple[List[str], List[List[Any]]]:
         headers = [
-            "model", "params", "train ms", "train x", "img/s", "infer ms", "infer x", "saved MiB/img", "saved x",
+            "model", "params", "train ms", "train x", "train x CI", "img/s", "infer ms", "infer x", "infer x CI",
+            "saved MiB/img", "saved x",
         ]
         if self.config.compile:
             headers.append("compile s")
         rows = []
-        for r in self.rows:
+        for i, r in enumerate(self.rows):
+            first = i == 0  # the reference: its ratios are 1 by definition
             row = [
                 r.label, f"{r.params / 1e6:.3f}M", f"{r.train_ms:.1f}", f"{r.train_ratio:.3f}x",
-                f"{r.train_images_per_s:.0f}", f"{r.infer_ms:.1f}", f"{r.infer_ratio:.3f}x",
+                None if first else interval_cell(r.train_ratio_ci), f"{r.train_images_per_s:.0f}",
+                f"{r.infer_ms:.1f}", f"{r.infer_ratio:.3f}x", None if first else interval_cell(r.infer_ratio_ci),
                 f"{r.saved_bytes_per_image / 2**20:.3f}", f"{r.saved_ratio:.3f}x",
             ]
             if self.config.compile:
@@ -322,6 +329,7 @@ def bench_model(
         f"ratios are to {first}; train = forward + loss + backward + SGD step; saved = autograd's saved "
         "tensors per image in an eager train-mode forward (parameters excluded)"
     )
+    result.notes.append(PAIRED_NOTE)
     if amp:
         result.notes.append("AMP: autocast " + ("float16 with GradScaler" if device.type == "cuda" else "bfloat16"))
     return result
@@ -338,17 +346,20 @@ def _row(
     compile_s: Optional[float],
 ) -> ModelRow:
     train, infer = t_train[label], t_infer[label]
+    train_ratio, infer_ratio = paired_ratio(train, t_train[first]), paired_ratio(infer, t_infer[first])
     return ModelRow(
         label=label,
         params=sum(p.numel() for p in model.parameters()),
         train_ms=train.median * 1e3,
-        train_ratio=train.median / t_train[first].median,
+        train_ratio=train_ratio.value,
         train_spread=train.spread,
         infer_ms=infer.median * 1e3,
-        infer_ratio=infer.median / t_infer[first].median,
+        infer_ratio=infer_ratio.value,
         infer_spread=infer.spread,
         train_images_per_s=batch_size / train.median,
         saved_bytes_per_image=saved[label] / batch_size,
         saved_ratio=saved[label] / saved[first] if saved[first] else float("nan"),
         compile_s=compile_s,
+        train_ratio_ci=train_ratio.interval,
+        infer_ratio_ci=infer_ratio.interval,
     )

@@ -3,7 +3,10 @@
 * :func:`machine_info` describes where numbers came from (CPU model, cores, GPU, torch version, date).
 * :func:`interleaved_times` times several candidates *side by side*: every repetition runs each
   candidate once, in turn, so slow drifts of a shared machine hit all of them alike; the medians of
-  the repetitions are what the benchmarks report.
+  the repetitions are what the benchmarks report as times.
+* :func:`paired_ratio` compares two candidates of such a run: the median of the per-repetition ratios
+  (each ratio taken between calls made moments apart) with a distribution-free 95% confidence interval,
+  so a report can say whether a target is met, missed, or within the machine's noise.
 * :func:`format_table` / :func:`markdown_table` render rows for the terminal and for BENCHMARKS.md.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import math
 import os
 import platform
 import statistics
@@ -25,8 +29,13 @@ __all__ = [
     "machine_markdown",
     "synchronize",
     "Timing",
+    "Ratio",
+    "median_interval",
+    "paired_ratio",
+    "format_ratio",
     "interleaved_times",
     "noise_note",
+    "interval_cell",
     "format_table",
     "markdown_table",
     "BenchmarkResult",
@@ -128,6 +137,80 @@ class Timing:
         return (q[2] - q[0]) / self.median
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A paired ratio candidate / reference from one interleaved run.
+
+    ``value`` is the median of the per-repetition ratios; ``low``/``high`` bound that median with
+    (at least) ``confidence`` coverage, from order statistics alone (no assumption on the noise's
+    distribution); both are NaN when there are too few repetitions for that coverage (< 6 at 95%).
+    """
+
+    value: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def interval(self) -> Optional[Tuple[float, float]]:
+        """``(low, high)``, or None when there were too few repetitions for one."""
+        return (self.low, self.high) if math.isfinite(self.low) and math.isfinite(self.high) else None
+
+    def text(self, digits: int = 3) -> str:
+        return format_ratio(self.value, self.interval, digits)
+
+
+def format_ratio(value: float, interval: Optional[Sequence[float]] = None, digits: int = 3) -> str:
+    """``1.167x`` or, with an interval, ``1.167x (95% CI 1.120-1.210)``."""
+    main = f"{value:.{digits}f}x"
+    if interval is None:
+        return main
+    low, high = interval
+    return f"{main} (95% CI {low:.{digits}f}-{high:.{digits}f})"
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float]:
+    """A distribution-free confidence interval of the median of ``values``: order statistics.
+
+    For sorted values ``v(1) <= ... <= v(n)`` the interval ``[v(k), v(n+1-k)]`` covers the true median
+    with probability ``1 - 2 * P(Binomial(n, 1/2) < k)``; ``k`` is the largest rank that keeps this
+    at or above ``confidence``.  ``(nan, nan)`` when even ``[v(1), v(n)]`` falls short (n < 6 at 95%).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = sorted(float(x) for x in values)
+    n = len(v)
+    tail = (1.0 - confidence) / 2.0
+    k, cdf = 0, 0.0  # cdf = P(Binomial(n, 1/2) <= k - 1) for the candidate rank k
+    while n and k < n:
+        nxt = cdf + math.comb(n, k) / 2.0**n
+        if nxt > tail:
+            break
+        cdf, k = nxt, k + 1
+    if k == 0 or k > n + 1 - k:
+        return float("nan"), float("nan")
+    return v[k - 1], v[n - k]
+
+
+def paired_ratio(candidate: "Timing", reference: "Timing", confidence: float = 0.95) -> Ratio:
+    """Median and confidence interval of ``candidate.samples[i] / reference.samples[i]``.
+
+    Both timings must come from one :func:`interleaved_times` run (repetition ``i`` of each was taken
+    moments apart), so a slow spell of a shared machine cancels within each ratio instead of moving one
+    candidate's median only.  The same timing twice gives exactly 1.
+    """
+    a, b = candidate.samples, reference.samples
+    if len(a) != len(b) or not a:
+        raise ValueError(
+            f"paired_ratio needs timings of the same interleaved run (equal, non-zero repetition counts), "
+            f"got {len(a)} and {len(b)} samples"
+        )
+    ratios = [x / y if y > 0 else math.inf for x, y in zip(a, b)]
+    low, high = median_interval(ratios, confidence)
+    return Ratio(statistics.median(ratios), low, high, len(ratios), confidence)
+
+
 def interleaved_times(
     candidates: Mapping[str, Callable[[], Any]],
     *,
@@ -165,6 +248,17 @@ def interleaved_times(
         if was_enabled:
             gc.enable()
     return {name: Timing(s) for name, s in samples.items()}
+
+
+def interval_cell(interval: Optional[Sequence[float]], digits: int = 3) -> Optional[str]:
+    """A table cell for a ratio's confidence interval: ``1.120-1.210``, or None (rendered ``-``)."""
+    return None if interval is None else f"{interval[0]:.{digits}f}-{interval[1]:.{digits}f}"
+
+
+PAIRED_NOTE = (
+    "x = median of the per-repetition ratios (each repetition times every candidate once, in turn); "
+    "CI = its distribution-free 95% confidence interval (order statistics; needs >= 6 repetitions)"
+)
 
 
 def noise_note(*groups: Mapping[str, Timing], names: Sequence[str] = ("forward", "forward+backward")) -> str:
@@ -250,12 +344,38 @@ class BenchmarkResult:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Target:
-    """One performance target of issue 7 and what was measured."""
+    """One performance target of issue 7 and what was measured.
+
+    ``met`` compares the measured figure with the limit; ``interval`` (the 95% confidence interval of a
+    paired timing ratio, where there is one) says whether that verdict holds beyond the machine's
+    noise: see :attr:`verdict`.
+    """
 
     what: str
     limit: str
     measured: Optional[str]
     met: Optional[bool]  # None: not measured in this run (measured None) or a reference figure (no limit)
+    interval: Optional[Tuple[float, float]] = None
+    limit_value: Optional[float] = None  # the number in ``limit``, where the interval is compared with it
+
+    @property
+    def within_noise(self) -> bool:
+        """Whether the confidence interval reaches across the limit (the verdict could flip on a rerun)."""
+        if self.interval is None or self.limit_value is None or self.met is None:
+            return False
+        low, high = self.interval
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return False
+        return low <= self.limit_value <= high
+
+    @property
+    def verdict(self) -> str:
+        """``yes``, ``no``, ``yes, within noise`` / ``no, within noise`` (interval across the limit),
+        ``not measured`` or ``-`` (a reference figure)."""
+        if self.met is None:
+            return "not measured" if self.measured is None else "-"
+        word = "yes" if self.met else "no"
+        return f"{word}, within noise" if self.within_noise else word
 
 
 @dataclass
@@ -271,16 +391,20 @@ class SuiteResult:
     seconds: float
 
 
-def _target(what: str, limit: float, value: Optional[float], suffix: str = "x") -> Target:
+def _target(
+    what: str, limit: float, value: Optional[float], suffix: str = "x", interval: Optional[Sequence[float]] = None
+) -> Target:
+    """A ``<= limit`` target; ``interval``: the 95% confidence interval of a paired timing ratio."""
     if value is None:
-        return Target(what, f"<= {limit:g}{suffix}", None, None)
-    return Target(what, f"<= {limit:g}{suffix}", f"{value:.3f}{suffix}", value <= limit)
+        return Target(what, f"<= {limit:g}{suffix}", None, None, limit_value=limit)
+    measured = format_ratio(value, interval) if suffix == "x" else f"{value:.3f}{suffix}"
+    return Target(what, f"<= {limit:g}{suffix}", measured, value <= limit,
+                  None if interval is None else (float(interval[0]), float(interval[1])), limit)
 
 
 def _met_text(t: Target) -> str:
-    if t.met is None:
-        return "not measured" if t.measured is None else "-"  # measured but a reference figure, no limit
-    return "yes" if t.met else "**no**"
+    verdict = t.verdict
+    return "**no**" if verdict == "no" else verdict
 
 
 def _find(rows: Sequence[Any], key: str, value: str) -> Optional[Any]:
@@ -298,8 +422,10 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
             row = _find(lb.rows, "name", name)
             if row is None:
                 continue
-            out.append(_target(f"CPU layer {shape} fp32, {row.label}: forward / x*w", 1.5, row.fwd_ratio))
-            out.append(_target(f"CPU layer {shape} fp32, {row.label}: fwd+bwd / x*w", 4.0, row.fwdbwd_ratio))
+            out.append(_target(f"CPU layer {shape} fp32, {row.label}: forward / x*w", 1.5, row.fwd_ratio,
+                               interval=row.fwd_ratio_ci))
+            out.append(_target(f"CPU layer {shape} fp32, {row.label}: fwd+bwd / x*w", 4.0, row.fwdbwd_ratio,
+                               interval=row.fwdbwd_ratio_ci))
         row = _find(lb.rows, "name", "gctnet")
         if row is not None and row.saved is not None:  # the full-size part; statistics shown beside it
             t = _target(f"layer {shape}: saved-for-backward full-size part / input", 1.0, row.saved_full_ratio)
@@ -314,12 +440,13 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
             continue
         mode = "compiled" if c.compile else "eager"
         limit = 1.10 if c.compile else 1.20
-        out.append(_target(f"CPU gct_resnet20 / resnet20 train step ({mode})", limit, gct.train_ratio))
+        out.append(_target(f"CPU gct_resnet20 / resnet20 train step ({mode})", limit, gct.train_ratio,
+                           interval=gct.train_ratio_ci))
         pytorch_ops = _find(mb.rows, "label", "gct_resnet20:backend=eager")
         if pytorch_ops is not None and not c.compile:
             out.append(Target(
                 "CPU gct_resnet20:backend=eager / resnet20 train step (PyTorch ops instead of the C++ kernels)",
-                "reference only", f"{pytorch_ops.train_ratio:.3f}x", None,
+                "reference only", format_ratio(pytorch_ops.train_ratio, pytorch_ops.train_ratio_ci), None,
             ))
     base = _find(memory, "name", "resnet50")
     if base is not None and base.saved_bytes_per_image:
@@ -358,7 +485,8 @@ def _targets(layers: Sequence[Any], models: Sequence[Any], memory: Sequence[Any]
             gct, plain = _find(mb.rows, "label", "gct_resnet50"), _find(mb.rows, "label", "resnet50")
             if gct is not None and plain is not None and mb.rows[0] is plain:
                 mode = "compiled" if c.compile else "eager"
-                out.append(_target(f"GPU gct_resnet50 / resnet50 train step, AMP + channels_last ({mode})", 1.10, gct.train_ratio))
+                out.append(_target(f"GPU gct_resnet50 / resnet50 train step, AMP + channels_last ({mode})", 1.10,
+                                   gct.train_ratio, interval=gct.train_ratio_ci))
     if not any(t.what.startswith("GPU ") for t in out):  # say so rather than leave them out
         out.append(Target("GPU Triton forward and fwd+bwd bandwidth / copy (no CUDA run: `--device cuda`)", ">= 0.80", None, None))
         out.append(Target("GPU gct_resnet50 / resnet50 train step, AMP + channels_last, eager and compiled "
@@ -443,9 +571,10 @@ def _suite_markdown(info, layers, models, memory, targets, command, seconds) -> 
         "# gctnet benchmarks",
         "",
         f"Generated by `{command or 'gctnet.bench.report.bench_all()'}` in {seconds / 60:.1f} min.",
-        "All figures are medians of interleaved repetitions measured side by side in one process; ratios "
-        "compare candidates within the same run.  Timings on a shared machine are noisy: rerun on a quiet "
-        "one before quoting them.",
+        "All candidates are timed side by side in one process (interleaved repetitions: each repetition runs "
+        "every candidate once, in turn).  Times are medians; a ratio is the median of the per-repetition "
+        "ratios, with its distribution-free 95% confidence interval (CI).  A target whose interval reaches "
+        "across its limit is marked *within noise*: this machine could not tell, and a quieter one decides.",
         "",
         "## Machine",
         "",

@@ -1,4 +1,4 @@
-"""Benchmarks, side by side in one process (interleaved repetitions, medians, ratios).
+"""Benchmarks, side by side in one process (interleaved repetitions, medians, paired ratios with 95% CIs).
 
   gctnet bench layer [--shape 16,256,56,56] [--dtype float32] [--channels-last] [--mode l2]
       GCT implementations (reference formula, gctnet eager, Triton on CUDA, torch.compile) against a
