@@ -97,6 +97,21 @@ def test_bad_budgets_are_explained(monkeypatch):
         scratch.set_limit_mb(-5)
 
 
+def test_budget_follows_the_environment_as_it_changes(monkeypatch):
+    # the parsed value is kept per raw string: a changed variable is read again, a bad one still fails
+    monkeypatch.setenv("GCTNET_SCRATCH_MB", "1")
+    assert scratch.limit_bytes() == 1 << 20
+    monkeypatch.setenv("GCTNET_SCRATCH_MB", " 2 ")
+    assert scratch.limit_bytes() == 2 << 20
+    monkeypatch.setenv("GCTNET_SCRATCH_MB", "lots")
+    with pytest.raises(ValueError, match="got 'lots'"):
+        scratch.limit_bytes()
+    with pytest.raises(ValueError, match="got 'lots'"):  # not remembered as valid
+        scratch.limit_bytes()
+    monkeypatch.delenv("GCTNET_SCRATCH_MB")
+    assert scratch.limit_bytes() == 512 << 20
+
+
 def test_buffers_are_per_thread():
     import threading
 

@@ -210,15 +210,17 @@ def _is_compiling() -> bool:
         return False
 
 
+_is_exporting = getattr(torch.compiler, "is_exporting", None)
+_onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
+
+
 def _is_tracing() -> bool:
     """True under torch.export / ONNX export / TorchScript tracing: use plain traceable ops."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    if is_exporting is not None and is_exporting():
+    if _is_exporting is not None and _is_exporting():
         return True
-    onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
-    return bool(onnx_exporting is not None and onnx_exporting())
+    return bool(_onnx_exporting is not None and _onnx_exporting())
 
 
 # --------------------------------------------------------------------------------------------------

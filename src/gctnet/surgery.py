@@ -83,28 +83,30 @@ class _GCTConvMixin:
     gct_checkpoint: bool
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's argument name
-        if not torch.is_grad_enabled() and _transient_applicable(self, input):
-            # inference: the GCT output only feeds this conv, so it goes into a reused CPU buffer
-            gct = self.gct
-            y = _gct_no_grad(input, gct.alpha, gct.gamma, gct.beta, gct.eps, gct.mode, gct.after_relu, scratch.like(input))
-            return super().forward(y)  # type: ignore[misc]
-        if self.gct_checkpoint and _lean_applicable(self, input):
+        gct = self._modules["gct"]  # (plain dict lookups: this runs for every conv call)
+        if not torch.is_grad_enabled():
+            if _transient_applicable(self, gct, input):
+                # inference: the GCT output only feeds this conv, so it goes into a reused CPU buffer
+                y = _gct_no_grad(input, gct.alpha, gct.gamma, gct.beta, gct.eps, gct.mode, gct.after_relu,
+                                 scratch.like(input))
+                return super().forward(y)  # type: ignore[misc]
+        elif self.gct_checkpoint and _lean_applicable(self, gct, input):
             return _GCTConvFunction.apply(
                 input,
-                self.gct.alpha,
-                self.gct.gamma,
-                self.gct.beta,
+                gct.alpha,
+                gct.gamma,
+                gct.beta,
                 self.weight,
                 self.bias,
                 self.stride,
                 self.padding,
                 self.dilation,
                 self.groups,
-                self.gct.eps,
-                self.gct.mode,
-                self.gct.after_relu,
+                gct.eps,
+                gct.mode,
+                gct.after_relu,
             )
-        return super().forward(self.gct(input))  # type: ignore[misc]
+        return super().forward(gct(input))  # type: ignore[misc]
 
 
 class GCTConv1d(_GCTConvMixin, nn.Conv1d):
@@ -145,18 +147,18 @@ def _has_hooks(module: nn.Module) -> bool:
     ))
 
 
-def _bypass_ok(conv: nn.Module, x: Tensor) -> bool:
-    """Whether ``conv`` may compute its GCT without calling the ``gct`` module: eager (not compiling or
-    tracing), a tensor input, and no hooks on the GCT module (analysis tools and users hook it: they
-    must see each call).  The kernels (Triton, C++) still run: see :func:`gctnet.kernels.native_ops`."""
+def _bypass_ok(gct: nn.Module, x: Tensor) -> bool:
+    """Whether a gated conv may compute its GCT (module ``gct``) without calling that module: eager (not
+    compiling or tracing), a tensor input, and no hooks on the GCT module (analysis tools and users hook
+    it: they must see each call).  The kernels (Triton, C++) still run: see :func:`gctnet.kernels.native_ops`."""
     if not isinstance(x, Tensor) or _is_compiling() or _is_tracing() or _is_fx_tracing():
         return False
-    return not _has_hooks(conv.gct)
+    return not _has_hooks(gct)
 
 
-def _transient_applicable(conv: nn.Module, x: Tensor) -> bool:
+def _transient_applicable(conv: nn.Module, gct: nn.Module, x: Tensor) -> bool:
     """No-grad forward on the CPU: the GCT output can go into a reused buffer (see :mod:`gctnet.kernels.scratch`)."""
-    return x.device.type == "cpu" and x.dim() == conv.weight.dim() and _bypass_ok(conv, x)
+    return isinstance(x, Tensor) and x.device.type == "cpu" and x.dim() == conv.weight.dim() and _bypass_ok(gct, x)
 
 
 def _gct_no_grad(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
@@ -167,15 +169,15 @@ def _gct_no_grad(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: flo
         return _forward(x, alpha, gamma, beta, eps, mode, bool(after_relu), _native(x), out)[0]
 
 
-def _lean_applicable(conv: nn.Module, x: Tensor) -> bool:
+def _lean_applicable(conv: nn.Module, gct: nn.Module, x: Tensor) -> bool:
     """The fused path needs a grad-recording eager forward and integer zero padding; with hooks on the
     GCT module the plain composition runs.  It uses the same kernels as the GCT module would (Triton on
     CUDA, C++ on CPU, or PyTorch ops)."""
-    if not torch.is_grad_enabled() or not _bypass_ok(conv, x):
+    if not torch.is_grad_enabled() or not _bypass_ok(gct, x):
         return False
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    return isinstance(x, Tensor) and x.dim() == conv.weight.dim()  # batched input only
+    return x.dim() == conv.weight.dim()  # batched input only
 
 
 class _InnerCtx:

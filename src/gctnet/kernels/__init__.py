@@ -83,7 +83,10 @@ def triton_available() -> bool:
 
 def select(x: torch.Tensor) -> Optional[Callable[..., torch.Tensor]]:
     """The accelerated op to use for ``x``, or ``None`` for the eager path."""
-    backend = get_backend()
+    return _select(x, get_backend())
+
+
+def _select(x: torch.Tensor, backend: str) -> Optional[Callable[..., torch.Tensor]]:
     if backend in ("eager", "cpp"):
         return None
     if backend == "auto" and not (x.is_cuda and triton_available()):
@@ -105,11 +108,14 @@ def native_ops(x: torch.Tensor) -> Optional[ModuleType]:
     ``forward_into``, ``scale``, ``scale_into``, ``backward``), which the lean GCT+conv path of
     :mod:`gctnet.surgery` uses to keep only ``x`` for the backward, on CUDA as on CPU.
     """
-    if select(x) is not None:
+    backend = get_backend()  # read once: this runs for every GCT call
+    if x.device.type == "cpu" and backend in ("auto", "cpp"):  # the common CPU case, without the Triton probe
+        return _cpu_kernels(x, backend)
+    if _select(x, backend) is not None:
         from . import triton_ops
 
         return triton_ops if triton_ops.supports(x) else None
-    return cpu_kernels(x) if x.device.type == "cpu" else None
+    return _cpu_kernels(x, backend) if x.device.type == "cpu" else None
 
 
 def cpu_kernels(x: torch.Tensor) -> Optional[ModuleType]:
@@ -119,8 +125,11 @@ def cpu_kernels(x: torch.Tensor) -> Optional[ModuleType]:
     backends, once built.  Under ``auto`` a failed build warns once and falls back to eager; under
     ``cpp`` it raises.  The caller checks that it is not compiling or tracing.
     """
+    return _cpu_kernels(x, get_backend())
+
+
+def _cpu_kernels(x: torch.Tensor, backend: str) -> Optional[ModuleType]:
     global _warned_cpp
-    backend = get_backend()
     if backend not in ("auto", "cpp"):
         return None
     from . import cpu_ops

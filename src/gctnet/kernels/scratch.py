@@ -68,18 +68,28 @@ def use_limit_mb(mb: Optional[float]) -> Iterator[None]:
         _override = previous
 
 
+_env_limit: tuple = ("", _DEFAULT_MB << 20)  # (GCTNET_SCRATCH_MB as read, its bytes): parsed once per value
+
+
 def limit_bytes() -> int:
     """The per-thread byte budget: :func:`set_limit_mb`, else ``GCTNET_SCRATCH_MB`` MiB (default 512)."""
+    global _env_limit
     if _override is not None:
         return _override
-    raw = os.environ.get("GCTNET_SCRATCH_MB", "").strip()
-    if not raw:
-        return _DEFAULT_MB << 20
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"GCTNET_SCRATCH_MB must be a number of MiB >= 0 (0 disables reuse), got {raw!r}") from None
-    return _check_mb(mb, f"GCTNET_SCRATCH_MB={raw!r}")
+    raw = os.environ.get("GCTNET_SCRATCH_MB", "")
+    if raw == _env_limit[0]:  # every gated conv asks: parse a value once
+        return _env_limit[1]
+    text = raw.strip()
+    if not text:
+        value = _DEFAULT_MB << 20
+    else:
+        try:
+            mb = float(text)
+        except ValueError:
+            raise ValueError(f"GCTNET_SCRATCH_MB must be a number of MiB >= 0 (0 disables reuse), got {text!r}") from None
+        value = _check_mb(mb, f"GCTNET_SCRATCH_MB={text!r}")
+    _env_limit = (raw, value)
+    return value
 
 
 def _nbytes(t: Tensor) -> int:
