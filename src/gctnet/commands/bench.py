@@ -161,5 +161,7 @@ def _run_all(args: argparse.Namespace) -> int:
         print(result.markdown)
     for t in result.targets:
         status = {True: "met", False: "NOT met"}.get(t.met, "not measured" if t.measured is None else "reference")
+        if t.within_noise:
+            status += " (within noise: the 95% CI spans the limit)"
         print(f"target {t.what}: {t.measured or '-'} (limit {t.limit}): {status}")
     return 0
