@@ -35,6 +35,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .fileio import atomic_write_text
 from .runs import (
     check_recipe,
     check_train_options,
@@ -263,7 +264,7 @@ def _model_costs(path: Path) -> dict[str, Any]:
     model, _ = load_checkpoint_model(path)
     mi = model_info(model, tuple(key["input_size"]), batch_size=2)
     costs = {"params": mi.params, "gct_params": mi.gct_params, "gct_modules": mi.gct_modules, "macs": mi.macs}
-    cache.write_text(json.dumps({"key": key, "costs": costs}, indent=2) + "\n")
+    atomic_write_text(cache, json.dumps({"key": key, "costs": costs}, indent=2) + "\n")
     return costs
 
 
@@ -622,7 +623,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     summary_md += ["## Per run", "", *per_run, "", "Machine-readable: `summary.csv` (per model), `runs.csv` (per run), "
                    "`compare.json`.", ""]
     paths["summary_md"] = out / "summary.md"
-    paths["summary_md"].write_text("\n".join(summary_md))
+    atomic_write_text(paths["summary_md"], "\n".join(summary_md))
 
     report = ["# GCT comparison report", "", *_settings_lines(result, settings), "", "## Accuracy", "", *table, "",
               _TABLE_NOTES, ""]
@@ -641,7 +642,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
                "- `summary.csv`, `runs.csv`, `compare.json`: the numbers", "- `runs/<model>/seed<k>/`: each run "
                "(config.json, metrics.csv, checkpoints, summary.json)", ""]
     paths["report"] = out / "report.md"
-    paths["report"].write_text("\n".join(report))
+    atomic_write_text(paths["report"], "\n".join(report))
 
     data = {
         "settings": dict(settings),
@@ -652,5 +653,5 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         "runs": result.runs,
     }
     paths["json"] = out / "compare.json"
-    paths["json"].write_text(json.dumps(json_safe(data), indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(json_safe(data), indent=2) + "\n")
     return paths

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .compare import PRESETS, CompareError, environment, parse_seeds
+from .fileio import atomic_write_text
 from .runs import (
     check_recipe,
     check_train_options,
@@ -184,7 +185,7 @@ def _before(out: Path, seed: int, checkpoint: Path, gct_model: str, config: Mapp
             f"accuracy (plain top-1 {result['plain']['top1']!r}, GCT top-1 {result['gct']['top1']!r}); a fresh "
             "GCT must be the identity")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(json_safe({"key": key, "result": result}), indent=2) + "\n")
+    atomic_write_text(cache, json.dumps(json_safe({"key": key, "result": result}), indent=2) + "\n")
     return result
 
 
@@ -469,9 +470,9 @@ def write_outputs(result: FinetuneResult, settings: Mapping[str, Any]) -> dict[s
         "Machine-readable: `finetune.csv` (per seed), `finetune.json` (settings, per-seed curves, mean/std).", "",
     ]
     paths["md"] = out / "finetune.md"
-    paths["md"].write_text("\n".join(md))
+    atomic_write_text(paths["md"], "\n".join(md))
     paths["json"] = out / "finetune.json"
     data = {"settings": dict(settings), "model": result.model, "gct_model": result.gct_model, "seeds": result.seeds,
             "rows": result.rows, "summary": result.summary}
-    paths["json"].write_text(json.dumps(json_safe(data), indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(json_safe(data), indent=2) + "\n")
     return paths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -17,6 +18,8 @@ import statistics
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Optional
+
+from .fileio import atomic_write_text
 
 __all__ = [
     "read_json",
@@ -245,14 +248,12 @@ def _cell(v: Any) -> Any:
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``rows`` (missing cells and NaN empty) atomically to ``path``; returns ``path``."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in columns])
+    return atomic_write_text(path, buf.getvalue())
 
 
 def plus_minus(mean: Optional[float], std: Optional[float], digits: int = 2, sign: bool = False) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
+from ..fileio import atomic_write
 from .stats import GateStats, LayerStats
 
 __all__ = [
@@ -54,7 +55,7 @@ def _save(fig: Any, path: PathLike) -> Path:
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    atomic_write(out, lambda fh: fig.savefig(fh, format=out.suffix.lstrip(".") or "png"))
     _pyplot().close(fig)
     return out
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from ..fileio import atomic_write_text
 from .plots import plot_gamma_boxplot, plot_gamma_positive, plot_gate_mean
 from .stats import stage_summary
 
@@ -147,7 +148,7 @@ def write_analysis(analysis: "Analysis", out_dir: PathLike, *, plots: bool = Tru
     data = analysis.to_dict()
     data["figures"] = figures
     paths["json"] = out / "analysis.json"
-    paths["json"].write_text(json.dumps(_clean(data), indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(_clean(data), indent=2) + "\n")
     paths["markdown"] = out / "analysis.md"
-    paths["markdown"].write_text(_markdown(analysis, figures))
+    atomic_write_text(paths["markdown"], _markdown(analysis, figures))
     return paths

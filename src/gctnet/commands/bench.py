@@ -154,8 +154,9 @@ def _run_all(args: argparse.Namespace) -> int:
         progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True),
     )
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(result.markdown + "\n")
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(args.markdown, result.markdown + "\n")
         print(f"wrote {args.markdown} ({result.seconds / 60:.1f} min)")
     else:
         print(result.markdown)

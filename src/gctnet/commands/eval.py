@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['model']} on {result['data']} ({args.split}):")
     print(format_eval_table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0

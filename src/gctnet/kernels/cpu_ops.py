@@ -42,6 +42,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..fileio import atomic_write_text
+
 __all__ = [
     "SOURCE",
     "ISAS",
@@ -231,10 +233,7 @@ def _compile(variant: _Variant, directory: Path, verbose: bool, quiet: bool) -> 
         verbose=verbose,
     )
     # written last and atomically: another process loads the library directly only after this
-    marker = directory / _OK_MARKER
-    tmp = marker.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(f"{torch.__version__}\n")
-    os.replace(tmp, marker)
+    atomic_write_text(directory / _OK_MARKER, f"{torch.__version__}\n")
     return path
 
 

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet, conv1x1
 
+from ..fileio import atomic_save
+
 from ._variants import register_variants
 
 __all__ = [
@@ -358,6 +360,4 @@ def save_official_checkpoint(model: nn.Module, path: PathLike, *, module_prefix:
     _check_compatible(reference, state, reference.fc.out_features)
     payload: Dict[str, Any] = {"arch": "resnet50", **dict(extra or {})}
     payload["state_dict"] = gctnet_to_official(state, module_prefix=module_prefix)
-    tmp = os.fspath(path) + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, os.fspath(path))
+    atomic_save(payload, path)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fileio import atomic_save, atomic_write_text  # re-exported: the checkpoint writers
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "atomic_save",
@@ -37,47 +39,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "gctnet-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: "str | os.PathLike[str]", write: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_save(obj: Any, path: "str | os.PathLike[str]") -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
-
-    A crash or error mid-write leaves the previous file at ``path`` untouched (and no temp file).
-    """
-    return _atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> Path:
-    return _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_safetensors(model: nn.Module, path: "str | os.PathLike[str]", metadata: Mapping[str, Any]) -> Path:
