@@ -396,6 +396,9 @@ def test_eval_official_checkpoint_on_imagefolder(tmp_path, capsys):
     with pytest.raises(SystemExit):  # no dataset of its own
         cli_main(["eval", str(path)])
     assert "--data imagefolder:PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # checked before evaluating, not after
+        cli_main(["eval", str(path), "--json", str(tmp_path / "missing" / "r.json")])
+    assert exc.value.code == 2 and "does not exist; create it first" in capsys.readouterr().err
 
 
 def test_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch, fashion):

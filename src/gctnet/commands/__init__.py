@@ -7,3 +7,17 @@ argument combinations; the CLI prints it as a usage error (exit status 2) instea
 
 class UsageError(Exception):
     """Invalid command-line arguments (printed as ``gctnet CMD: error: ...``, exit 2)."""
+
+
+def check_output_file(option: str, path: str) -> None:
+    """Raise :class:`UsageError` up front (before a long run) when ``path`` cannot be written: its
+    folder is missing or not writable, or it names a folder."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is a folder; expected a file path")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path!r}: folder {folder!r} is not writable")

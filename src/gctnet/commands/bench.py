@@ -20,7 +20,7 @@ import json
 import shlex
 import sys
 
-from . import UsageError
+from . import UsageError, check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +148,8 @@ def _run_all(args: argparse.Namespace) -> int:
 
     _positive("--layer-repeats", args.layer_repeats)
     _positive("--model-repeats", args.model_repeats)
+    if args.markdown:
+        check_output_file("--markdown", args.markdown)
     result = bench_all(
         device=args.device, compile=args.compile, layer_repeats=args.layer_repeats,
         model_repeats=args.model_repeats, command=_command_line(),

@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any, Dict
 
-from . import UsageError
+from . import UsageError, check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.json and args.json != "-":
+        check_output_file("--json", args.json)
     try:
         result: Dict[str, Any] = evaluate_path(
             args.path, which=args.which, data=args.data, data_dir=args.data_dir, split=args.split,

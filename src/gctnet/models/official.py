@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet, conv1x1
 
 from ..fileio import atomic_save
-
 from ._variants import register_variants
 
 __all__ = [
