@@ -114,10 +114,10 @@ def test_tables_align_and_render_markdown():
 def test_bench_layer_structure_and_saved_bytes(shape, channels_last, mode):
     result = L.bench_layer(shape, repeats=2, warmup=0, compile=False, channels_last=channels_last, mode=mode)
     names = [r.name for r in result.rows]
-    cpp = (["cpp", "cpp_baseline"] if cpu_ops.isa() == "avx2" else ["cpp"]) if CPP else []
+    cpp = ["cpp"] if CPP else []
     assert names == ["reference", "gctnet", *cpp, "multiply", "copy"]
     if CPP:
-        assert result.row("cpp").label == f"gctnet C++ kernels (CPU, {cpu_ops.isa()})"
+        assert result.row("cpp").label == f"gctnet C++ kernels (CPU, {cpu_ops.instruction_set()})"
     x_bytes = math.prod(shape) * 4
     assert result.input_bytes == x_bytes
     for r in result.rows:
@@ -146,7 +146,7 @@ def test_bench_layer_compiled_row():
     row = result.row("compiled")
     assert _positive(row.fwd_ms) and _positive(row.fwdbwd_ms) and row.compile_s > 0
     assert row.saved.full == result.input_bytes  # compiled training graph also saves only x full-size
-    assert kernels._backend is None  # the benchmark restored the (unset) backend choice
+    assert kernels.backend._explicit is None  # the benchmark restored the (unset) backend choice
 
 
 def test_saved_split_matches_saved_tensor_bytes_total():
@@ -194,24 +194,6 @@ def test_parse_model_specs():
         M.parse_model_specs("gct_resnet20:backend=fast")
     with pytest.raises(ValueError, match="only apply to gct_ models"):
         M.parse_model_specs("resnet20:backend=eager")
-    spec = M.parse_model_specs("gct_resnet20:scratch_mb=0+checkpoint=true")[0]
-    assert spec.scratch_mb == 0.0 and dict(spec.gct_kwargs) == {"checkpoint": True}
-    with pytest.raises(ValueError, match="scratch_mb must be a number"):
-        M.parse_model_specs("gct_resnet20:scratch_mb=many")
-    with pytest.raises(ValueError, match="only apply to gct_ models"):
-        M.parse_model_specs("resnet20:scratch_mb=0")
-
-
-def test_bench_model_runs_each_model_under_its_scratch_budget(monkeypatch):
-    from gctnet.kernels import scratch
-
-    seen = []
-    before = scratch.limit_bytes()
-    original = scratch.like
-    monkeypatch.setattr(scratch, "like", lambda x: seen.append(scratch.limit_bytes()) or original(x))
-    M.bench_model(["gct_resnet20:scratch_mb=0"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
-    assert seen and set(seen) == {0}
-    assert scratch.limit_bytes() == before != 0  # restored
 
 
 def test_bench_model_runs_each_model_under_its_backend(monkeypatch):
@@ -219,15 +201,17 @@ def test_bench_model_runs_each_model_under_its_backend(monkeypatch):
 
     if not CPP:
         pytest.skip("C++ CPU kernels unavailable")
+    import dataclasses
+
     calls = []
-    for name in ("forward", "forward_into"):  # gated convs write their GCT output into reused buffers
-        original = getattr(cpu_ops, name)
-        monkeypatch.setattr(cpu_ops, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    counted = dataclasses.replace(cpu_ops.KERNELS, forward=lambda *a: calls.append(1) or cpu_ops.forward(*a))
+    monkeypatch.setattr(cpu_ops, "KERNELS", counted)
+    before = kernels.get_backend()
     M.bench_model(["gct_resnet20:backend=eager"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
     assert calls == []
     M.bench_model(["gct_resnet20:backend=cpp"], (1, 8, 8), batch_size=2, repeats=1, warmup=0)
     assert len(calls) > 0
-    assert kernels._backend is None  # restored
+    assert kernels.get_backend() == before  # restored
 
 
 def test_bench_model_structure_and_ratios():
@@ -274,14 +258,20 @@ def test_bench_all_writes_a_report_with_targets():
         compile=False, layer_shape=(2, 4, 6, 6), layer_repeats=1,
         models=("resnet20", "gct_resnet20"), model_input_size=(1, 8, 8), batch_size=4, model_repeats=1,
         memory_models=("resnet20", "gct_resnet20"), memory_input_size=(1, 8, 8), command="gctnet bench all --test",
+        threads=(1, 2),
     )
     md = result.markdown
-    for heading in ("# gctnet benchmarks", "## Machine", "## Targets", "## Layer", "## Models", "## Saved activations"):
+    for heading in ("# gctnet benchmarks", "## Machine", "## Targets", "## Layer (1 thread)", "## Models (1 thread)",
+                    "## Layer (2 threads)", "## Models (2 threads)", "## Saved activations"):
         assert heading in md
-    assert "`gctnet bench all --test`" in md and torch.__version__ in md
-    assert len(result.layers) == 2 and len(result.models) == 1 and len(result.memory) == 2
+    assert "`gctnet bench all --test`" in md and torch.__version__ in md and "torch threads 1, 2 (one pass each)" in md
+    assert len(result.layers) == 4 and len(result.models) == 2 and len(result.memory) == 2
+    assert torch.get_num_threads() == result.machine["torch_threads"]  # restored
     whats = [t.what for t in result.targets]
-    assert any("forward / x*w" in w for w in whats) and any("train step (eager)" in w for w in whats)
+    for threads in ("1 thread", "2 threads"):  # every timing target judged at both thread counts
+        assert any(w.startswith(f"{threads}: ") and "forward / x*w" in w for w in whats)
+        assert any(w.startswith(f"{threads}: ") and "train step (eager)" in w for w in whats)
+    assert len([w for w in whats if w.startswith("saved")]) == len(set(w for w in whats if w.startswith("saved")))
     gpu = [t for t in result.targets if t.what.startswith("GPU ")]
     assert len(gpu) == 2 and all(t.met is None and t.measured is None for t in gpu)  # listed, not measured
     assert "| not measured |" in md
@@ -301,6 +291,8 @@ def test_cli_bench_layer_and_usage_errors(capsys):
         (["bench", "model", "--models", "nope"], "unknown model"),
         (["bench", "all", "--markdown", "/nonexistent-gctnet-dir/B.md"], "does not exist; create it first"),
         (["bench", "all", "--markdown", "."], "is a folder"),
+        (["bench", "all", "--threads", "1,x"], "--threads must be comma-separated thread counts"),
+        (["bench", "all", "--threads", "0"], "--threads must be thread counts >= 1"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)

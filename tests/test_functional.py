@@ -1,4 +1,8 @@
-"""Numerics of gctnet.functional.gct against an independent plain-ops version of the official formula."""
+"""Numerics of gctnet.functional.gct against an independent plain-ops version of the official formula.
+
+Every test runs twice: with the default kernels (the C++ kernels on CPU) and with the PyTorch-ops
+(composite) kernel (``use_backend("eager")``), the kernel every other device and every fallback runs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,13 @@ import pytest
 import torch
 
 from gctnet.functional import gct, gct_gate, gct_reference
+from gctnet.kernels import use_backend
+
+
+@pytest.fixture(params=["auto", "eager"], autouse=True)
+def backend(request):
+    with use_backend(request.param):
+        yield request.param
 
 
 def official(x, alpha, gamma, beta, eps=1e-5, mode="l2", after_relu=False):
@@ -135,8 +146,13 @@ def test_fp16_backward_finite_and_close():
         assert torch.allclose(p32.grad.double(), p64.grad, rtol=1e-2, atol=1e-2)
 
 
-def test_half_input_never_materialises_a_full_float32_copy():
+def test_half_input_never_materialises_a_full_float32_copy(backend):
+    """With the C++ kernels (the CPU default) half input is reduced in place; the PyTorch-ops kernel
+    may make a float32 temporary (documented)."""
     from torch.profiler import ProfilerActivity, profile
+
+    if backend == "eager":
+        pytest.skip("the PyTorch-ops kernel may upcast a half input for its reduction")
 
     x = make_input((16, 64, 64, 64), dtype=torch.float32).half()  # 8 MiB in fp16, 16 MiB in fp32
     params = random_params(64, dtype=torch.float32)
@@ -243,38 +259,10 @@ def test_meta_tensors_give_shapes():
     assert y.shape == x.shape and y.dtype == torch.float16 and y.device.type == "meta"
 
 
-@pytest.mark.parametrize("mode,after_relu", MODES)
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
-def test_chunked_reductions_agree(monkeypatch, mode, after_relu, channels_last, dtype):
-    """Forcing tiny chunks (many partial reductions) changes nothing: forward and gradients."""
-    import gctnet.functional as F
-
-    x0 = make_input((3, 5, 6, 7), after_relu, channels_last=channels_last).to(dtype)
-    results = []
-    for chunk in (1 << 20, 37):
-        monkeypatch.setattr(F, "_CHUNK_ELEMS", chunk)
-        x = x0.clone().requires_grad_()
-        params = random_params(5, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
-        y = gct(x, *params, 1e-5, mode, after_relu)
-        y.float().pow(2).sum().backward()
-        results.append([y, x.grad] + [p.grad for p in params])
-    tol = 1e-12 if dtype == torch.float64 else 2e-3
-    for a, b in zip(*results):
-        assert torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
-    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    ref = official(x0.double(), *[p.double() for p in random_params(5, dtype=pdtype)], 1e-5, mode, after_relu)
-    assert torch.allclose(results[1][0].double(), ref, atol=1e-10 if dtype == torch.float64 else 0.05, rtol=2e-3)
-
-
 @pytest.mark.parametrize("mode,after_relu", [("l2", False), ("l1", False), ("l1", True)])
-def test_backward_into_writes_grad_x_into_an_owned_gradient(mode, after_relu):
-    """The fused GCT+conv path hands its fresh conv gradient to ``backward_into``: same gradients as
-    autograd, written into that buffer (no new full-size tensor); a gradient with overlapping
-    elements (expanded) or another dtype is never written into."""
-    from gctnet.functional import _GCTFunction
-    from gctnet.surgery import _InnerCtx
-
+def test_gct_backward_writes_grad_x_into_the_given_tensor(mode, after_relu):
+    """``gct_backward`` writes grad_x into its ``grad_x`` argument, which may be ``grad_y`` itself (the
+    lean GCT+conv path hands over the conv's fresh input gradient): same gradients as autograd."""
     torch.manual_seed(0)
     x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
     if after_relu:
@@ -283,19 +271,36 @@ def test_backward_into_writes_grad_x_into_an_owned_gradient(mode, after_relu):
     gamma, beta = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     dy = torch.randn_like(x)
     leaves = [t.clone().requires_grad_(True) for t in (x, alpha, gamma, beta)]
-    expected = torch.autograd.grad(gct(*leaves, mode=mode, after_relu=after_relu), leaves, dy)
+    expected = torch.autograd.grad(official(*leaves, 1e-5, mode, after_relu), leaves, dy)
 
-    inner = _InnerCtx((True, True, True, True, False, False, False))
-    _GCTFunction.forward(inner, x, alpha, gamma, beta, 1e-5, mode, after_relu)
+    _, t, s, e, norm_inv = torch.ops.gctnet.gct(x, alpha, gamma, beta, 1e-5, mode, after_relu)
     owned = dy.clone()
-    got = _GCTFunction.backward_into(inner, owned)
-    assert got[0].data_ptr() == owned.data_ptr()
-    for g, e in zip(got[:4], expected):
-        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    grads = torch.ops.gctnet.gct_backward(owned, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, owned)
+    for g, want in zip((owned, *grads), expected):
+        torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-11)
+    fresh = torch.empty_like(x)
+    torch.ops.gctnet.gct_backward(dy, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, fresh)
+    torch.testing.assert_close(fresh, expected[0], rtol=1e-9, atol=1e-11)
+    # grad_x not wanted: a 0-element tensor, the parameter gradients alone
+    grads = torch.ops.gctnet.gct_backward(dy, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, x.new_empty(0))
+    torch.testing.assert_close(grads[2], expected[3], rtol=1e-9, atol=1e-11)
 
-    expanded = torch.randn(1, 5, 4, 6, dtype=torch.float64).expand_as(x)
-    before = expanded.clone()
-    got = _GCTFunction.backward_into(inner, expanded)
-    assert got[0].data_ptr() != expanded.data_ptr() and torch.equal(expanded, before)
-    half = dy.float()
-    assert _GCTFunction.backward_into(inner, half)[0].data_ptr() != half.data_ptr()
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_operators_pass_opcheck(layout):
+    """Schema, fake implementation, autograd registration and AOT dispatch of the three operators."""
+    x = make_input((2, 4, 5, 6))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = make_input((2, 4, 5, 12))[..., ::2]
+    alpha, gamma, beta = random_params(4, dtype=torch.float32, requires_grad=True)
+    x.requires_grad_()
+    torch.library.opcheck(torch.ops.gctnet.gct.default, (x, alpha, gamma, beta, 1e-5, "l2", False))
+    with torch.no_grad():
+        y, t, s, e, norm_inv = torch.ops.gctnet.gct(x, alpha, gamma, beta, 1e-5, "l1", False)
+    xd = x.detach()
+    torch.library.opcheck(torch.ops.gctnet.gct_scale.default, (xd, t))
+    torch.library.opcheck(torch.ops.gctnet.gct_backward.default,
+                          (torch.randn_like(xd), xd, alpha.detach(), gamma.detach(), t, s, e, norm_inv, "l1", False,
+                           torch.empty_like(xd)))

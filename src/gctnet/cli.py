@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import List, Optional
 
@@ -48,14 +47,10 @@ def _command_module(name: str):
 
 
 def _check_environment() -> None:
-    """The GCTNET_* settings read deep inside the library, checked up front (ValueError says which)."""
-    from .kernels import get_backend, scratch
+    """GCTNET_BACKEND, read once by the library on the first GCT call, checked up front (ValueError says why)."""
+    from .kernels import get_backend
 
     get_backend()
-    scratch.limit_bytes()
-    isa = os.environ.get("GCTNET_CPU_ISA", "").strip()
-    if isa not in ("", "baseline"):
-        raise ValueError(f"GCTNET_CPU_ISA must be 'baseline' (or unset: AVX2 where the CPU has it), got {isa!r}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -16,11 +16,9 @@ How a conv is changed:
 * a conv *subclass* (timm's ``Conv2dSame``/``StdConv2d``, QAT convs, ...) keeps its class and forward;
   it gets the ``gct`` child plus a forward pre-hook that gates its input.
 
-``checkpoint=True`` (the default; re-classed convs) uses a fused GCT+conv autograd function that saves only the
-GCT's input ``x`` and per-(sample, channel) statistics and recomputes ``gct(x)`` in the backward pass,
-so the gated activation is not kept alive for the conv: GCT then adds almost no saved-activation
-memory.  Under ``torch.compile``, ``torch.export``, ``torch.fx`` and TorchScript/ONNX tracing the plain
-composition ``conv(gct(x))`` is used (the compiler chooses what to recompute itself).
+``checkpoint=True`` (the default; re-classed convs) uses the lean GCT+conv autograd function of
+:mod:`gctnet.gated_conv`, which saves only the GCT's input ``x`` and per-(sample, channel) statistics
+and rebuilds ``gct(x)`` in the backward pass: GCT then adds almost no saved-activation memory.
 """
 
 from __future__ import annotations
@@ -35,8 +33,9 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 from torch import Tensor, nn
 
-from .kernels import scratch
-from .functional import _GCTFunction, _forward, _is_compiling, _is_tracing, _native, _no_autocast, validate_gct_args
+from .gated_conv import GCT_CLASS as _GCT_CLASS
+from .gated_conv import PLAIN_CLASS as _PLAIN_CLASS
+from .gated_conv import GCTConv1d, GCTConv2d, GCTConv3d
 from .layers import GCT
 
 __all__ = [
@@ -68,63 +67,8 @@ _BLOCK_CLASS_RE = re.compile(r"Block|Bottleneck")
 
 
 # --------------------------------------------------------------------------------------------------
-# the GCT-gated convolutions
+# conv subclasses: a forward pre-hook gates their input
 # --------------------------------------------------------------------------------------------------
-def _is_fx_tracing() -> bool:
-    fx_trace = torch.fx._symbolic_trace
-    check = getattr(fx_trace, "is_fx_symbolic_tracing", None) or getattr(fx_trace, "is_fx_tracing", None)
-    return bool(check is not None and check())
-
-
-class _GCTConvMixin:
-    """``forward(x) = conv(gct(x))``; with ``gct_checkpoint`` the lean fused autograd path."""
-
-    gct: GCT
-    gct_checkpoint: bool
-
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's argument name
-        gct = self._modules["gct"]  # (plain dict lookups: this runs for every conv call)
-        if not torch.is_grad_enabled():
-            if _transient_applicable(self, gct, input):
-                # inference: the GCT output only feeds this conv, so it goes into a reused CPU buffer
-                y = _gct_no_grad(input, gct.alpha, gct.gamma, gct.beta, gct.eps, gct.mode, gct.after_relu,
-                                 scratch.like(input))
-                return super().forward(y)  # type: ignore[misc]
-        elif self.gct_checkpoint and _lean_applicable(self, gct, input):
-            return _GCTConvFunction.apply(
-                input,
-                gct.alpha,
-                gct.gamma,
-                gct.beta,
-                self.weight,
-                self.bias,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups,
-                gct.eps,
-                gct.mode,
-                gct.after_relu,
-            )
-        return super().forward(gct(input))  # type: ignore[misc]
-
-
-class GCTConv1d(_GCTConvMixin, nn.Conv1d):
-    """An ``nn.Conv1d`` whose input is gated by its ``gct`` child (created by :func:`apply_gct`)."""
-
-
-class GCTConv2d(_GCTConvMixin, nn.Conv2d):
-    """An ``nn.Conv2d`` whose input is gated by its ``gct`` child (created by :func:`apply_gct`)."""
-
-
-class GCTConv3d(_GCTConvMixin, nn.Conv3d):
-    """An ``nn.Conv3d`` whose input is gated by its ``gct`` child (created by :func:`apply_gct`)."""
-
-
-_GCT_CLASS = {nn.Conv1d: GCTConv1d, nn.Conv2d: GCTConv2d, nn.Conv3d: GCTConv3d}
-_PLAIN_CLASS = {v: k for k, v in _GCT_CLASS.items()}
-
-
 def _gct_pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook of a conv subclass: gate the first positional input with ``module.gct``."""
     return (module.gct(args[0]),) + tuple(args[1:])
@@ -133,148 +77,6 @@ def _gct_pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
 def _has_gct_hook(module: nn.Module) -> bool:
     return any(h is _gct_pre_hook for h in module._forward_pre_hooks.values())
 
-
-# --------------------------------------------------------------------------------------------------
-# lean memory: fused GCT + conv that saves only x
-# --------------------------------------------------------------------------------------------------
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks (its own or global ones), as ``nn.Module.__call__`` checks."""
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
-        return True
-    glob = torch.nn.modules.module
-    return any(getattr(glob, name, None) for name in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
-    ))
-
-
-def _bypass_ok(gct: nn.Module, x: Tensor) -> bool:
-    """Whether a gated conv may compute its GCT (module ``gct``) without calling that module: eager (not
-    compiling or tracing), a tensor input, and no hooks on the GCT module (analysis tools and users hook
-    it: they must see each call).  The kernels (Triton, C++) still run: see :func:`gctnet.kernels.native_ops`."""
-    if not isinstance(x, Tensor) or _is_compiling() or _is_tracing() or _is_fx_tracing():
-        return False
-    return not _has_hooks(gct)
-
-
-def _transient_applicable(conv: nn.Module, gct: nn.Module, x: Tensor) -> bool:
-    """No-grad forward on the CPU: the GCT output can go into a reused buffer (see :mod:`gctnet.kernels.scratch`)."""
-    return isinstance(x, Tensor) and x.device.type == "cpu" and x.dim() == conv.weight.dim() and _bypass_ok(gct, x)
-
-
-def _gct_no_grad(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
-                 out: Optional[Tensor]) -> Tensor:
-    """``gct(x)`` without autograd, written into ``out`` when given (the C++ kernels where they run)."""
-    validate_gct_args(x, alpha, gamma, beta, eps, mode)
-    with _no_autocast(x.device.type):
-        return _forward(x, alpha, gamma, beta, eps, mode, bool(after_relu), _native(x), out)[0]
-
-
-def _lean_applicable(conv: nn.Module, gct: nn.Module, x: Tensor) -> bool:
-    """The fused path needs a grad-recording eager forward and integer zero padding; with hooks on the
-    GCT module the plain composition runs.  It uses the same kernels as the GCT module would (Triton on
-    CUDA, C++ on CPU, or PyTorch ops)."""
-    if not torch.is_grad_enabled() or not _bypass_ok(gct, x):
-        return False
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return False
-    return x.dim() == conv.weight.dim()  # batched input only
-
-
-class _InnerCtx:
-    """A stand-in ctx for :class:`gctnet.functional._GCTFunction`: running its ``forward``/``backward``
-    through this object reuses the GCT math (and its saved-tensor layout) without depending on it."""
-
-    def __init__(self, needs_input_grad: tuple[bool, ...] = (False,) * 7) -> None:
-        self.needs_input_grad = needs_input_grad
-        self.saved_tensors: tuple[Tensor, ...] = ()
-
-    def save_for_backward(self, *tensors: Tensor) -> None:
-        self.saved_tensors = tensors
-
-    def mark_non_differentiable(self, *args: Any) -> None:  # pragma: no cover - protocol completeness
-        pass
-
-    def set_materialize_grads(self, value: bool) -> None:  # pragma: no cover - protocol completeness
-        pass
-
-
-class _GCTConvFunction(torch.autograd.Function):
-    """``conv(gct(x))`` saving only what the GCT saves (x and per-(n, c) statistics) and the conv weight.
-
-    The backward recomputes ``y = gct(x)`` (one reduction read of x and one pointwise pass), runs
-    ``aten.convolution_backward`` on it, then the GCT backward of
-    :class:`gctnet.functional._GCTFunction`.  Under autocast the conv runs in the autocast dtype, as
-    ``F.conv*d`` would.  Double backward is not supported (``once_differentiable``).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x, alpha, gamma, beta, weight, bias, stride, padding, dilation, groups, eps, mode, after_relu
-    ):
-        validate_gct_args(x, alpha, gamma, beta, eps, mode)
-        device_type = x.device.type
-        cdt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        inner = _InnerCtx()
-        with _no_autocast(device_type):
-            # y lives only for the conv call: written into a reused buffer (no fresh pages per call)
-            y = _GCTFunction.forward_into(inner, x, alpha, gamma, beta, eps, mode, after_relu, scratch.like(x))
-            y, w, b = _conv_operands(y, weight, bias, cdt)
-            out = torch.convolution(y, w, b, stride, padding, dilation, False, [0] * len(stride), groups)
-        del y
-        ctx.inner_attrs = {k: v for k, v in vars(inner).items() if k not in ("saved_tensors", "needs_input_grad")}
-        ctx.num_inner = len(inner.saved_tensors)
-        ctx.gct_args = (eps, mode, after_relu)
-        ctx.conv_args = (stride, padding, dilation, groups)
-        ctx.cdt = cdt
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(*inner.saved_tensors, x, alpha, gamma, beta, weight, bias)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        inner_saved, (x, alpha, gamma, beta, weight, bias) = saved[: ctx.num_inner], saved[ctx.num_inner :]
-        stride, padding, dilation, groups = ctx.conv_args
-        need_x, need_a, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:6]
-        need_gct = need_x or need_a or need_g or need_b
-        inner = _InnerCtx((need_x, need_a, need_g, need_b, False, False, False))
-        vars(inner).update(ctx.inner_attrs)
-        inner.saved_tensors = inner_saved
-        with _no_autocast(x.device.type):
-            # recomputed from the saved statistics (one pointwise pass), not saved; into a reused buffer
-            y = _GCTFunction.recompute_output(inner, scratch.like(x))
-            yc, w, _ = _conv_operands(y, weight, None, ctx.cdt)
-            grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-                grad_out.to(yc.dtype),
-                yc,
-                w,
-                [weight.shape[0]] if ctx.has_bias else None,
-                stride,
-                padding,
-                dilation,
-                False,
-                [0] * len(stride),
-                groups,
-                [need_gct, need_w, need_bias and ctx.has_bias],
-            )
-            del y, yc
-            grads_gct: tuple[Optional[Tensor], ...] = (None, None, None, None)
-            if need_gct:
-                # grad_y is ours (fresh from the conv backward): the GCT backward writes grad_x into it
-                grads_gct = tuple(_GCTFunction.backward_into(inner, grad_y.to(x.dtype))[:4])
-        if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias.dtype)
-        return (*grads_gct, grad_w, grad_bias, None, None, None, None, None, None, None)
-
-
-def _conv_operands(y: Tensor, weight: Tensor, bias: Optional[Tensor], cdt: Optional[torch.dtype]):
-    """Conv operands in the autocast dtype ``cdt`` (or the input's dtype rules when ``cdt`` is None)."""
-    if cdt is None or not y.is_floating_point():
-        return y, weight, bias
-    return y.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt)
 
 
 # --------------------------------------------------------------------------------------------------

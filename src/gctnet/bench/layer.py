@@ -6,8 +6,8 @@
 * ``gctnet``     - the lean eager path (:func:`gctnet.functional.gct` with backend ``eager``);
 * ``cpp``        - the C++ CPU kernels (:mod:`gctnet.kernels.cpu_ops`, backend ``cpp``; CPU only, where
   they can be built), with the instruction set they picked (``avx2`` or ``baseline``);
-* ``cpp_baseline`` - the same kernels' baseline (SSE2) build, where ``cpp`` runs the AVX2+FMA one;
-* ``triton``     - the Triton kernels (only where they run: CUDA with Triton, or when asked for);
+* ``triton``     - the Triton kernels (backend ``triton``; only where they run: CUDA with Triton, or when
+  asked for);
 * ``compiled``   - :func:`gctnet.functional.gct` (eager backend) under ``torch.compile``;
 * ``multiply``   - ``x * w`` with ``w`` of shape (C,) broadcast: the *memory-floor unit*, one read and
   one write of ``x`` forward, one read of the gradient and one write of ``grad_x`` backward (only ``x``
@@ -60,7 +60,6 @@ _FLOOR_PASSES = {
     "reference": (3, 5),
     "gctnet": (3, 5),
     "cpp": (3, 5),
-    "cpp_baseline": (3, 5),
     "triton": (3, 5),
     "compiled": (3, 5),
     "multiply": (2, 2),
@@ -70,7 +69,6 @@ _LABELS = {
     "reference": "reference formula (eager)",
     "gctnet": "gctnet eager (PyTorch ops)",
     "cpp": "gctnet C++ kernels (CPU)",
-    "cpp_baseline": "gctnet C++ kernels (CPU, baseline)",
     "triton": "gctnet Triton kernels",
     "compiled": "gctnet + torch.compile",
     "multiply": "x * w (floor unit)",
@@ -248,16 +246,17 @@ def _fmt_ms(v: Optional[float]) -> Optional[str]:
 # --------------------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------------------
-def _triton_op(x: Tensor, wanted: Optional[bool]) -> Optional[Callable[..., Tensor]]:
+def _triton_runs(x: Tensor, wanted: Optional[bool]) -> bool:
+    """Whether the Triton kernels can run on ``x`` (CUDA, or CPU in Triton's interpreter)."""
     if wanted is False or not kernels.triton_available():
-        return None
+        return False
     if wanted is None and not x.is_cuda:
-        return None
+        return False
     try:
         from ..kernels import triton_ops
     except ImportError:
-        return None
-    return triton_ops.op_for(x)
+        return False
+    return x.dtype in triton_ops.SUPPORTED_DTYPES and (x.is_cuda or triton_ops.INTERPRET)
 
 
 def bench_layer(
@@ -329,23 +328,15 @@ def bench_layer(
         from ..kernels import cpu_ops
 
         st = cpu_ops.load()
-        if st.available and cpu_ops.supports(x):
-
-            def gct_cpp(t: Tensor) -> Tensor:  # the backward follows the forward's choice of kernels
-                with kernels.use_backend("cpp"):
-                    return F.gct(t, *params, mode=mode)
-
-            forwards["cpp"] = gct_cpp
-            isa = cpu_ops.isa()
-            labels["cpp"] = f"gctnet C++ kernels (CPU, {isa})"
-            if isa != "baseline":
-                forwards["cpp_baseline"] = gct_cpp
-                settings["cpp_baseline"] = lambda: cpu_ops.use_isa("baseline")
+        if st.available:
+            forwards["cpp"] = gct_eager  # run under the "cpp" backend (forward and backward)
+            settings["cpp"] = lambda: kernels.use_backend("cpp")
+            labels["cpp"] = f"gctnet C++ kernels (CPU, {cpu_ops.instruction_set()})"
         else:
             result.notes.append(f"C++ CPU kernels not benchmarked: {st.reason or 'unsupported input'}")
-    op = _triton_op(x, triton)
-    if op is not None:
-        forwards["triton"] = lambda t: op(t, *params, 1e-5, mode, False)
+    if _triton_runs(x, triton):
+        forwards["triton"] = gct_eager
+        settings["triton"] = lambda: kernels.use_backend("triton")
     elif triton:
         result.notes.append("Triton kernels requested but unavailable for this input/device")
     compile_s: Dict[str, float] = {}

@@ -18,8 +18,6 @@ to :func:`gctnet.apply_gct`): ``gct_resnet20`` uses the default lean-memory path
 for backward, ``gct_resnet20:mode=l1+after_relu`` another variant.  ``backend=NAME`` is not an
 ``apply_gct`` option: it runs that model under a GCT backend (:mod:`gctnet.kernels`), e.g.
 ``gct_resnet20:backend=eager`` (PyTorch ops) next to ``gct_resnet20`` (``auto``: the C++ CPU kernels).
-``scratch_mb=N`` neither: it sets the budget of the lean path's reused output buffers
-(:mod:`gctnet.kernels.scratch`) for that model; ``gct_resnet20:scratch_mb=0`` runs it without reuse.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..kernels import scratch
 from ..optim import optimizer_step
 from .accounting import parse_input_size
 from .memory import saved_tensor_bytes
@@ -67,7 +64,6 @@ class ModelSpec:
     name: str  # registry name
     gct_kwargs: Tuple[Tuple[str, Any], ...] = ()
     backend: Optional[str] = None  # GCT backend this model runs under (None: the process's setting)
-    scratch_mb: Optional[float] = None  # budget of the reused GCT output buffers (None: the process's)
 
     def build(self, **kwargs: Any) -> nn.Module:
         from ..models import create_model
@@ -111,25 +107,18 @@ def parse_model_specs(models: str | Sequence[str]) -> List[ModelSpec]:
             raise ValueError(f"unknown model {name!r}{hint}")
         kwargs: List[Tuple[str, Any]] = []
         backend: Optional[str] = None
-        scratch_mb: Optional[float] = None
         for opt in filter(None, (o.strip() for o in opts.split("+"))):
             key, eq, value = opt.partition("=")
             key = key.strip()
-            if key == "scratch_mb":
-                parsed = _value(value.strip())
-                if isinstance(parsed, bool) or not isinstance(parsed, (int, float)) or parsed < 0:
-                    raise ValueError(f"scratch_mb must be a number of MiB >= 0, got {value.strip()!r} in {item!r}")
-                scratch_mb = float(parsed)
-                continue
             if key == "backend":
                 backend = value.strip().lower()
                 if backend not in kernels.BACKENDS:
                     raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {value.strip()!r} in {item!r}")
                 continue
             kwargs.append((key, _value(value.strip()) if eq else True))
-        if (kwargs or backend or scratch_mb is not None) and not name.startswith("gct_"):
+        if (kwargs or backend) and not name.startswith("gct_"):
             raise ValueError(f"GCT options ({opts!r}) only apply to gct_ models, got {item!r}")
-        specs.append(ModelSpec(label=item, name=name, gct_kwargs=tuple(kwargs), backend=backend, scratch_mb=scratch_mb))
+        specs.append(ModelSpec(label=item, name=name, gct_kwargs=tuple(kwargs), backend=backend))
     return specs
 
 
@@ -223,20 +212,16 @@ class _Runner:
     """One model with its optimizer and the two timed closures."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, compile: bool,
-                 backend: Optional[str] = None, scratch_mb: Optional[float] = None):
+                 backend: Optional[str] = None):
         self.eager = model
         self.model = torch.compile(model) if compile else model
         self.x, self.y, self.device, self.amp = x, y, device, amp
-        self.backend, self.scratch_mb = backend, scratch_mb
+        self.backend = backend
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         self.scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" else None
 
-    def _settings(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(kernels.use_backend(self.backend))
-        if self.scratch_mb is not None:
-            stack.enter_context(scratch.use_limit_mb(self.scratch_mb))
-        return stack
+    def _settings(self):
+        return kernels.use_backend(self.backend)
 
     def train_step(self) -> None:
         self.model.train()
@@ -302,7 +287,7 @@ def bench_model(
         say(f"building {spec.label}")
         torch.manual_seed(seed)
         model = spec.build(num_classes=num_classes, in_chans=size[0]).to(device=device, memory_format=fmt)
-        runners[spec.label] = _Runner(model, x, y, device, amp, compile, spec.backend, spec.scratch_mb)
+        runners[spec.label] = _Runner(model, x, y, device, amp, compile, spec.backend)
 
     compile_s: Dict[str, float] = {}
     if compile:

@@ -97,7 +97,9 @@ def machine_markdown(info: Optional[Mapping[str, Any]] = None) -> str:
     info = dict(info or machine_info())
     lines = [
         f"- date: {info['date']}",
-        f"- CPU: {info['cpu']}, {info['cores']} usable cores, torch threads {info['torch_threads']}",
+        f"- CPU: {info['cpu']}, {info['cores']} usable cores, torch threads "
+        + (", ".join(map(str, info["thread_counts"])) + " (one pass each)" if info.get("thread_counts")
+           else str(info["torch_threads"])),
         f"- GPU: {info['gpu'] or 'none'}",
         f"- torch {info['torch']} (CUDA {info['cuda'] or 'n/a'}), triton {info.get('triton') or 'n/a'}, "
         f"Python {info['python']}",
@@ -511,8 +513,13 @@ def bench_all(
     gpu_batch_size: int = 64,
     command: Optional[str] = None,
     progress: Optional[Callable[[str], None]] = None,
+    threads: Optional[Sequence[int]] = None,
 ) -> SuiteResult:
     """Run the standard layer, model and memory benchmarks and render them as markdown.
+
+    The timed benchmarks run once per torch thread count in ``threads`` (default: 1 and all of
+    ``torch.get_num_threads()``), and the targets are judged at each: a kernel that does not scale with
+    threads shows up as a ratio that grows with them.
 
     CPU: the layer at ``layer_shape`` (fp32, contiguous and channels_last), ``models`` (default
     :data:`gctnet.bench.model.DEFAULT_MODELS`: plain, SE, GCT with the default lean-memory path, GCT with
@@ -529,42 +536,63 @@ def bench_all(
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
     info = machine_info()
-    layers, model_runs = [], []
+    all_threads = torch.get_num_threads()
+    thread_counts = list(dict.fromkeys(threads or (1, all_threads)))
+    info["thread_counts"] = thread_counts
+    passes = []  # (threads, layers, model runs)
     cuda = torch.device(device).type == "cuda"
     layer_cfgs = [dict(dtype="float32", channels_last=False), dict(dtype="float32", channels_last=True)]
     if cuda:
         layer_cfgs.append(dict(dtype="float16", channels_last=True))
-    for cfg in layer_cfgs:
-        say(f"layer benchmark {cfg} on {device}")
-        layers.append(bench_layer(layer_shape, device=device, compile=compile, repeats=layer_repeats, **cfg))
-    for use_compile in (False, True) if compile else (False,):
-        say(f"model benchmark {'compiled' if use_compile else 'eager'} on {device}")
-        # compiled code never runs the eager kernels, so backend variants would only repeat a model
-        run_models = [s.label for s in parse_model_specs(list(models)) if not (use_compile and s.backend)]
-        model_runs.append(bench_model(
-            run_models, model_input_size, batch_size, device=device, compile=use_compile,
-            repeats=model_repeats, progress=say,
-        ))
-    if cuda:
-        for use_compile in (False, True) if compile else (False,):
-            say(f"GPU model benchmark (AMP + channels_last, {'compiled' if use_compile else 'eager'})")
-            model_runs.append(bench_model(
-                gpu_models, gpu_input_size, gpu_batch_size, num_classes=1000, device=device,
-                compile=use_compile, amp=True, channels_last=True, repeats=model_repeats, progress=say,
-            ))
+    try:
+        for n_threads in thread_counts:
+            torch.set_num_threads(n_threads)
+            layers, model_runs = [], []
+            for cfg in layer_cfgs:
+                say(f"layer benchmark {cfg} on {device}, {n_threads} thread(s)")
+                layers.append(bench_layer(layer_shape, device=device, compile=compile, repeats=layer_repeats, **cfg))
+            for use_compile in (False, True) if compile else (False,):
+                say(f"model benchmark {'compiled' if use_compile else 'eager'} on {device}, {n_threads} thread(s)")
+                # compiled code never runs the eager kernels, so backend variants would only repeat a model
+                run_models = [s.label for s in parse_model_specs(list(models)) if not (use_compile and s.backend)]
+                model_runs.append(bench_model(
+                    run_models, model_input_size, batch_size, device=device, compile=use_compile,
+                    repeats=model_repeats, progress=say,
+                ))
+            if cuda:
+                for use_compile in (False, True) if compile else (False,):
+                    say(f"GPU model benchmark (AMP + channels_last, {'compiled' if use_compile else 'eager'})")
+                    model_runs.append(bench_model(
+                        gpu_models, gpu_input_size, gpu_batch_size, num_classes=1000, device=device,
+                        compile=use_compile, amp=True, channels_last=True, repeats=model_repeats, progress=say,
+                    ))
+            passes.append((n_threads, layers, model_runs))
+    finally:
+        torch.set_num_threads(all_threads)
     memory = []
     for spec in parse_model_specs(list(memory_models)):
         say(f"saved activations of {spec.label}")
         model = spec.build(in_chans=memory_input_size[0])
         model.gctnet_name = spec.label
         memory.append(accounting.model_info(model, memory_input_size, batch_size=2))
-    targets = _targets(layers, model_runs, memory)
+    targets: List[Target] = []
+    for i, (n_threads, layers, model_runs) in enumerate(passes):
+        for t in _targets(layers, model_runs, memory if i == 0 else []):
+            if t.measured is not None and not t.what.startswith("saved"):
+                t.what = f"{_threads_text(n_threads)}: {t.what}"
+            if all(t.what != seen.what for seen in targets):
+                targets.append(t)
     seconds = time.perf_counter() - t_start
-    markdown = _suite_markdown(info, layers, model_runs, memory, targets, command, seconds)
-    return SuiteResult(info, layers, model_runs, memory, targets, markdown, seconds)
+    markdown = _suite_markdown(info, passes, memory, targets, command, seconds)
+    return SuiteResult(info, [lb for p in passes for lb in p[1]], [mb for p in passes for mb in p[2]], memory,
+                       targets, markdown, seconds)
 
 
-def _suite_markdown(info, layers, models, memory, targets, command, seconds) -> str:
+def _threads_text(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def _suite_markdown(info, passes, memory, targets, command, seconds) -> str:
     from .accounting import format_table as accounting_table
 
     parts = [
@@ -587,14 +615,14 @@ def _suite_markdown(info, layers, models, memory, targets, command, seconds) -> 
             [[t.what, t.limit, t.measured, _met_text(t)] for t in targets],
         ),
         "",
-        "## Layer",
-        "",
     ]
-    for lb in layers:
-        parts += [lb.markdown(), ""]
-    parts += ["## Models", ""]
-    for mb in models:
-        parts += [mb.markdown(), ""]
+    for n_threads, layers, models in passes:
+        parts += [f"## Layer ({_threads_text(n_threads)})", ""]
+        for lb in layers:
+            parts += [lb.markdown(), ""]
+        parts += [f"## Models ({_threads_text(n_threads)})", ""]
+        for mb in models:
+            parts += [mb.markdown(), ""]
     if memory:
         size = "x".join(map(str, memory[0].input_size))
         parts += [

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="include torch.compile runs (default on; compiling costs ~1 min per small model on CPU)")
     all_.add_argument("--layer-repeats", type=int, default=20, help="default 20")
     all_.add_argument("--model-repeats", type=int, default=20, help="default 20")
-    _threads(all_)
+    all_.add_argument("--threads", default=None, metavar="N[,N...]",
+                      help="torch thread counts, one pass each (default: 1 and all of torch's threads)")
 
 
 def _common(p: argparse.ArgumentParser, *, repeats: int, compile_default: bool = True) -> None:
@@ -101,13 +102,13 @@ def _command_line() -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    if args.bench == "all":
+        return _run_all(args)
     if args.threads is not None:
         import torch
 
         _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
-    if args.bench == "all":
-        return _run_all(args)
     _positive("--repeats", args.repeats)
     _positive("--warmup", args.warmup, 0)
     if args.bench == "layer":
@@ -148,11 +149,19 @@ def _run_all(args: argparse.Namespace) -> int:
 
     _positive("--layer-repeats", args.layer_repeats)
     _positive("--model-repeats", args.model_repeats)
+    threads = None
+    if args.threads is not None:
+        try:
+            threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--threads must be comma-separated thread counts like 1,2, got {args.threads!r}") from None
+        if not threads or min(threads) < 1:
+            raise UsageError(f"--threads must be thread counts >= 1, got {args.threads!r}")
     if args.markdown:
         check_output_file("--markdown", args.markdown)
     result = bench_all(
         device=args.device, compile=args.compile, layer_repeats=args.layer_repeats,
-        model_repeats=args.model_repeats, command=_command_line(),
+        model_repeats=args.model_repeats, command=_command_line(), threads=threads,
         progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True),
     )
     if args.markdown:

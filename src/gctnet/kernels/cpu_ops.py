@@ -1,74 +1,63 @@
 """GCT's C++ CPU kernels: fused per-sample forward/backward, built on first use and cached.
 
-The source is ``csrc/gct_cpu.cpp`` (shipped with the package).  It is compiled once per machine,
-torch version and source version with :func:`torch.utils.cpp_extension.load` (ninja and a C++
-compiler are needed for that one build; loading a cached build needs neither) into
-``$GCTNET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/gctnet`` or ``~/.cache/gctnet``).  ``make install``
-and ``gctnet kernels --build`` build it ahead of time.
+The source is ``csrc/gct_cpu.cpp`` with the loops in ``csrc/gct_cpu_kernels.h`` (shipped with the
+package).  It is compiled once per machine, torch version and source version with
+:func:`torch.utils.cpp_extension.load` (ninja and a C++ compiler are needed for that one build; loading
+a cached build needs neither) into ``$GCTNET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/gctnet`` or
+``~/.cache/gctnet``).  ``make install`` and ``gctnet kernels --build`` build it ahead of time.
 
-The library registers five ops in the ``gctnet_cpu`` namespace (CPU dispatch key):
-
-* ``forward(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)``: per sample, the
-  spatial reduction, the gate math and the scaling while the sample's slab is still in the cache;
-* ``scale(x, t) -> x * (1 + t)``: the output rebuilt from the saved statistics (lean GCT+conv path);
-* ``forward_into(..., out!) -> (t, s, e, norm_inv)`` and ``scale_into(x, t, out!)``: the same with the
-  output written into a given buffer (:mod:`gctnet.kernels.scratch`, the lean path's reused buffers);
-* ``backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
-  -> (grad_alpha, grad_gamma, grad_beta)``: per sample, the dot product of (grad_y, x), the gate
-  backward math and grad_x, written into ``grad_x`` (which may be ``grad_y`` itself; numel 0: skipped).
-
-The statistics and saved tensors are those of :class:`gctnet.functional._GCTFunction`, which calls
-these ops for eager CPU work when the backend (:mod:`gctnet.kernels`) allows it.  Fake (meta)
-implementations are registered so ``torch.library.opcheck`` and FakeTensor tracing can check them;
-gctnet itself never calls them while compiling.
+The library holds the raw kernels as three ops in the ``gctnet_cpu`` namespace (``forward``, ``scale``,
+``backward``: the calls of :mod:`gctnet.kernels.composite`, see :mod:`gctnet.kernels.ops` for their
+meaning).  They are the CPU kernels of the ``gctnet::gct*`` operators: :data:`KERNELS` is what
+:mod:`gctnet.kernels.ops` runs for CPU tensors once the library is loaded and has passed its
+self-check.  Per sample, the reduction and the scaling share one read of the sample's slab while it is
+in the cache; work is split over samples (or over (n, c) rows when there are fewer samples than
+threads) with ``at::parallel_for`` on torch's OpenMP thread pool (the library is built with
+``-fopenmp`` and links the ``libgomp`` that torch already loaded, so the kernels use as many threads as
+``torch.get_num_threads()``).  The loops are compiled for the baseline x86-64 and for AVX2+FMA; the
+AVX2 copy runs where the CPU has it.
 
 ``python -m gctnet.kernels.cpu_ops`` (or ``gctnet kernels --build``) builds and reports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import platform
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..fileio import atomic_write_text
+from .ops import Kernels
 
 __all__ = [
     "SOURCE",
-    "ISAS",
-    "SUPPORTED_DTYPES",
+    "KERNELS",
     "KernelStatus",
     "cache_dir",
     "cached_build",
     "load",
     "status",
-    "supports",
     "forward",
-    "forward_into",
     "scale",
-    "scale_into",
     "backward",
-    "isa",
-    "use_isa",
+    "instruction_set",
     "uses_libmvec",
 ]
 
 SOURCE = Path(__file__).with_name("csrc") / "gct_cpu.cpp"
 HEADERS = (SOURCE.with_name("gct_cpu_kernels.h"),)  # included by SOURCE (part of the build key)
-ISAS = ("baseline", "avx2")
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NAME = "gctnet_cpu"
+
+
 def _libmvec() -> bool:
     """x86-64 glibc >= 2.35 ships vector tanhf variants in libmvec (the gate math's tanh, vectorized)."""
     if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
@@ -93,12 +82,15 @@ class _Variant:
         return "-lmvec" in self.ldflags
 
 
-_CFLAGS = ("-O3", "-fopenmp-simd", "-DNDEBUG")
+# -fopenmp: at::parallel_for is inline OpenMP code in torch's headers; without it the kernels run on one
+# thread.  The resulting NEEDED libgomp.so.1 resolves to the libgomp.so.1 torch has already loaded.
+_CFLAGS = ("-O3", "-fopenmp", "-DNDEBUG")
+_LDFLAGS = ("-fopenmp",)
 # tried in order: with glibc's vector tanhf where it should exist, then without (a toolchain whose
 # sysroot lacks libmvec, e.g. an older glibc under a newer one, still gets the kernels)
 _VARIANTS: Tuple[_Variant, ...] = (
-    *((_Variant(_CFLAGS + ("-DGCTNET_USE_LIBMVEC=1",), ("-lmvec",)),) if _libmvec() else ()),
-    _Variant(_CFLAGS),
+    *((_Variant(_CFLAGS + ("-DGCTNET_USE_LIBMVEC=1",), _LDFLAGS + ("-lmvec",)),) if _libmvec() else ()),
+    _Variant(_CFLAGS, _LDFLAGS),
 )
 _OK_MARKER = "gctnet-build-ok"
 
@@ -247,18 +239,7 @@ def load(verbose: bool = False, quiet: bool = False) -> KernelStatus:
     if _status is None:
         with _lock:
             if _status is None:
-                st = _build_or_load(verbose, quiet)
-                requested = os.environ.get("GCTNET_CPU_ISA", "").strip()
-                if requested not in ("", "baseline"):
-                    warnings.warn(f"gctnet: GCTNET_CPU_ISA={requested!r} is ignored: only 'baseline' (the SSE2 "
-                                  "build) can be forced; unset, the kernels use AVX2 where the CPU has it",
-                                  RuntimeWarning, stacklevel=2)
-                if st.available:
-                    try:
-                        _register_fakes()
-                    except Exception as exc:  # pragma: no cover - only FakeTensor tracing needs them
-                        print(f"gctnet: fake kernels of the C++ CPU ops not registered: {_one_line(exc)}", file=sys.stderr)
-                _status = st
+                _status = _build_or_load(verbose, quiet)
     return _status
 
 
@@ -272,24 +253,12 @@ def status() -> Optional[KernelStatus]:
     return _status
 
 
-def supports(x: Tensor) -> bool:
-    """Whether the kernels take ``x``: a non-empty CPU tensor (N, C, *spatial) of a supported dtype."""
-    return x.device.type == "cpu" and x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
-
-
 # --------------------------------------------------------------------------------------------------
-# the ops (callers check supports(x) and load() first)
+# the kernels (the calls of gctnet.kernels.composite; gctnet.kernels.ops calls them once load() succeeded)
 # --------------------------------------------------------------------------------------------------
 def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
-    """``(y, t, s, e, norm_inv)`` as :func:`gctnet.functional._stats` plus the scaled output."""
+    """``(y, t, s, e, norm_inv)``: per sample, the reduction, the gate math and the scaling."""
     return torch.ops.gctnet_cpu.forward(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))
-
-
-def forward_into(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
-                 out: Tensor):
-    """:func:`forward` writing ``y`` into ``out`` (x's shape, strides and dtype); returns ``(out, t, s, e, norm_inv)``."""
-    stats = torch.ops.gctnet_cpu.forward_into(x, alpha, gamma, beta, float(eps), mode, bool(after_relu), out)
-    return (out, *stats)
 
 
 def scale(x: Tensor, t: Tensor) -> Tensor:
@@ -297,31 +266,14 @@ def scale(x: Tensor, t: Tensor) -> Tensor:
     return torch.ops.gctnet_cpu.scale(x, t)
 
 
-def scale_into(x: Tensor, t: Tensor, out: Tensor) -> Tensor:
-    """:func:`scale` written into ``out`` (x's shape, strides and dtype); returns ``out``."""
-    torch.ops.gctnet_cpu.scale_into(x, t, out)
-    return out
-
-
-def backward(
-    grad_y: Tensor,
-    x: Tensor,
-    alpha: Tensor,
-    gamma: Tensor,
-    t: Tensor,
-    s: Tensor,
-    e: Tensor,
-    norm_inv: Tensor,
-    mode: str,
-    after_relu: bool,
-    grad_x: Optional[Tensor],
-):
-    """``(grad_alpha, grad_gamma, grad_beta)`` in the statistics' dtype; grad_x written into ``grad_x``.
-
-    ``grad_x`` may be ``grad_y`` itself (in place) or a fresh tensor like ``x``; ``None`` skips it.
-    """
+def backward(grad_y: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, t: Tensor, s: Tensor, e: Tensor,
+             norm_inv: Tensor, mode: str, after_relu: bool, grad_x: Optional[Tensor]):
+    """``(grad_alpha, grad_gamma, grad_beta)``; grad_x written into ``grad_x`` (``None``: not wanted)."""
     out = x.new_empty((0,)) if grad_x is None else grad_x
     return torch.ops.gctnet_cpu.backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, bool(after_relu), out)
+
+
+KERNELS = Kernels("C++", forward, scale, backward)
 
 
 def uses_libmvec() -> bool:
@@ -329,77 +281,12 @@ def uses_libmvec() -> bool:
     return bool(_status is not None and _status.available and _status.libmvec)
 
 
-def isa(request: Optional[str] = None) -> str:
-    """The instruction set the kernels run: ``"avx2"`` (AVX2+FMA, where the CPU has it) or ``"baseline"``.
-
-    ``request`` (``"baseline"``, ``"avx2"`` or ``"auto"``) selects one for this process first; ``"avx2"``
-    on a CPU or build without it raises.  ``GCTNET_CPU_ISA=baseline`` makes the baseline the default.
-    Loads the kernels first; raises ``RuntimeError`` (with the reason) where they cannot be had.
-    """
-    if request is not None and request not in (*ISAS, "auto"):
-        raise ValueError(f"isa must be one of {ISAS + ('auto',)}, got {request!r}")
+def instruction_set() -> str:
+    """The instruction set the loaded kernels run: ``avx2`` (AVX2+FMA, where the CPU has it) or ``baseline``."""
     st = load(quiet=True)
     if not st.available:
         raise RuntimeError(f"the C++ CPU kernels are unavailable, so they have no instruction set: {st.reason}")
-    return torch.ops.gctnet_cpu.isa(request or "")
-
-
-@contextlib.contextmanager
-def use_isa(name: str) -> Iterator[str]:
-    """``with use_isa("baseline"):`` runs the kernels with that instruction set in the block (process-wide)."""
-    previous = isa()
-    try:
-        yield isa(name)
-    finally:
-        isa(previous)
-
-
-def _register_fakes() -> None:
-    """Meta/fake implementations (shapes, dtypes, strides) for FakeTensor tracing and opcheck."""
-
-    def acc(x: Tensor) -> torch.dtype:
-        return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-    def stats(x: Tensor, cols: int) -> Tensor:
-        return x.new_empty((x.shape[0], cols), dtype=acc(x))
-
-    @torch.library.register_fake("gctnet_cpu::forward")
-    def _forward_fake(x, alpha, gamma, beta, eps, gct_mode, after_relu):
-        c = x.shape[1]
-        y = torch.empty_like(x if _addressable(x) else x.contiguous())
-        return y, stats(x, c), stats(x, c), stats(x, c), stats(x, 1)
-
-    @torch.library.register_fake("gctnet_cpu::forward_into")
-    def _forward_into_fake(x, alpha, gamma, beta, eps, gct_mode, after_relu, out):
-        c = x.shape[1]
-        return stats(x, c), stats(x, c), stats(x, c), stats(x, 1)
-
-    @torch.library.register_fake("gctnet_cpu::scale_into")
-    def _scale_into_fake(x, t, out):
-        return None
-
-    @torch.library.register_fake("gctnet_cpu::scale")
-    def _scale_fake(x, t):
-        return torch.empty_like(x if _addressable(x) else x.contiguous())
-
-    @torch.library.register_fake("gctnet_cpu::backward")
-    def _backward_fake(grad_y, x, alpha, gamma, t, s, e, norm_inv, gct_mode, after_relu, grad_x):
-        c = x.shape[1]
-        return tuple(x.new_empty((c,), dtype=acc(x)) for _ in range(3))
-
-
-def _addressable(x: Tensor) -> bool:
-    """The layouts the C++ kernels address without a copy (their output keeps it)."""
-    if x.is_contiguous():
-        return True
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return True
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return True
-    if x.dim() == 3:
-        c, l = x.shape[1], x.shape[2]
-        return x.stride(1) == 1 and x.stride(2) == c and x.stride(0) == c * l
-    return False
+    return torch.ops.gctnet_cpu.isa()
 
 
 def _main(argv: Optional[list] = None) -> int:

@@ -1,47 +1,34 @@
-"""GCT as PyTorch custom ops backed by Triton kernels (CUDA; CPU tensors in Triton's interpreter).
+"""GCT's Triton kernels: the CUDA kernels of the ``gctnet::gct*`` operators (CPU tensors too in Triton's
+interpreter, ``TRITON_INTERPRET=1``).
 
-Two ops, registered with :mod:`torch.library` so ``torch.compile`` and ``torch.export`` see them as
-single nodes (fake implementations give shapes/dtypes/strides; autograd is registered):
+:data:`KERNELS` offers the calls of :mod:`gctnet.kernels.composite`; :mod:`gctnet.kernels.ops` runs
+them for CUDA tensors once they passed their one-time self-check for the input's (device, dtype,
+layout), and falls back to the composite kernel (with one warning) when they fail to compile or match.
 
-* ``gctnet::gct_fwd(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)``:
-  one reduction kernel (per-(n, c) sum of x^2, |x| or x in float32), the tiny per-(n, c) gate math in
-  PyTorch (shared with the eager path: :func:`gctnet.functional._stats_from_sums`), one scaling kernel.
-  Memory traffic: 3 passes over x.  ``t, s, e, norm_inv`` are the (N, C)/(N, 1) float32 statistics the
-  backward needs; only ``x`` and those are saved.
-* ``gctnet::gct_bwd(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, need_grad_x)``
-  ``-> (grad_x, grad_alpha, grad_gamma, grad_beta)``: one reduction kernel over (grad_y, x), the tiny
-  per-(n, c) math (:func:`gctnet.functional._grads_from_dot`), one pointwise kernel for grad_x
-  (5 passes).  ``grad_x`` is empty when ``need_grad_x`` is false (e.g. GCT on the raw image).
+* forward: one reduction kernel (per-(n, c) sum of x^2, |x| or x in float32), the tiny per-(n, c)
+  gate math in PyTorch (:func:`gctnet.kernels.composite.gate_stats`), one scaling kernel (3 passes).
+* scale: the scaling kernel alone (the lean GCT+conv path's recomputation).
+* backward: one reduction kernel over (grad_y, x), the per-(n, c) math
+  (:func:`gctnet.kernels.composite.param_grads`), one pointwise kernel for grad_x (5 passes).
 
 Layouts: any layout whose spatial dims flatten to one stride (contiguous, channels_last,
 channels_last_3d, (N, L, C)-strided 1-D); others are made contiguous first.  Dtypes: float32, float16,
-bfloat16 (statistics in float32; output in the input dtype).  Double backward (``create_graph=True``)
-differentiates a plain-ops recomputation, like the eager path.
-
-The module-level ``forward``/``forward_into``/``scale``/``scale_into``/``backward`` are the same kernels
-as plain calls, with the interface of :mod:`gctnet.kernels.cpu_ops`: the eager autograd functions (the
-lean GCT+conv path of :mod:`gctnet.surgery`) call them through :func:`gctnet.kernels.native_ops`.
-
-:func:`op_for` is what :func:`gctnet.kernels.select` calls: it returns :func:`gct_triton` for tensors
-these kernels take (CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1`` was set before Triton
-was imported), ``None`` otherwise.
+bfloat16 (statistics in float32; output in the input dtype).
 """
 
 import os
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 import triton
 
-from .. import functional as F
+from . import composite
 from ._triton_kernels import reduce_kernel, scale_kernel
+from .ops import Kernels
 
-__all__ = [
-    "SUPPORTED_DTYPES", "INTERPRET", "op_for", "gct_triton", "spatial_reduce", "scale_pass",
-    "supports", "forward", "forward_into", "scale", "scale_into", "backward",
-]
+__all__ = ["SUPPORTED_DTYPES", "INTERPRET", "KERNELS", "spatial_reduce", "scale_pass", "forward", "scale", "backward"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton reads TRITON_INTERPRET when kernels are first built; we read it once, at import, so compiled
@@ -160,167 +147,36 @@ def _reduce_kind(mode: str, after_relu: bool) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# the kernel interface of the eager autograd functions (the same calls as gctnet.kernels.cpu_ops)
+# the kernels (the calls of gctnet.kernels.composite)
 # --------------------------------------------------------------------------------------------------
-def supports(x: Tensor) -> bool:
-    """Whether :func:`forward` etc. take ``x`` as it is: a tensor :func:`op_for` accepts whose spatial
-    dims flatten to one stride (no copy, so the tensor the caller saves is the one the kernels read)."""
-    return op_for(x) is not None and _flat_strides(x) is not None
-
-
 def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool):
     """``(y, t, s, e, norm_inv)``: one reduction kernel, the per-(n, c) gate math, one scaling kernel."""
-    return forward_into(x, alpha, gamma, beta, eps, mode, after_relu, None)
-
-
-def forward_into(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float, mode: str, after_relu: bool,
-                 out: Optional[Tensor]):
-    """:func:`forward` writing ``y`` into ``out`` (x's shape and layout) when given."""
-    with F._no_autocast(x.device.type):
-        sums = spatial_reduce(x, _reduce_kind(mode, after_relu))
-        t, s, e, norm_inv = F._stats_from_sums(sums, alpha, gamma, beta, eps, mode)
-        y = scale_into(x, t, torch.empty_like(x) if out is None else out)
-    return y, t, s, e, norm_inv
+    x = _flattenable(x)
+    sums = spatial_reduce(x, _reduce_kind(mode, after_relu))
+    t, s, e, norm_inv = composite.gate_stats(sums, alpha, gamma, beta, eps, mode)
+    return scale(x, t), t, s, e, norm_inv
 
 
 def scale(x: Tensor, t: Tensor) -> Tensor:
     """``x * (1 + t)`` with ``t`` (N, C): the output rebuilt from the saved statistics (one pass)."""
-    return scale_into(x, t, torch.empty_like(x))
+    x = _flattenable(x)
+    return scale_pass(x, 1.0 + t, torch.empty_like(x))
 
 
-def scale_into(x: Tensor, t: Tensor, out: Tensor) -> Tensor:
-    """:func:`scale` written into ``out``; returns ``out``."""
-    return _into(out, lambda target: scale_pass(x, 1.0 + t, target))
-
-
-def backward(
-    grad_y: Tensor,
-    x: Tensor,
-    alpha: Tensor,
-    gamma: Tensor,
-    t: Tensor,
-    s: Tensor,
-    e: Tensor,
-    norm_inv: Tensor,
-    mode: str,
-    after_relu: bool,
-    grad_x: Optional[Tensor],
-):
+def backward(grad_y: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, t: Tensor, s: Tensor, e: Tensor,
+             norm_inv: Tensor, mode: str, after_relu: bool, grad_x: Optional[Tensor]):
     """``(grad_alpha, grad_gamma, grad_beta)`` in float32; grad_x written into ``grad_x`` (``grad_y``
     itself works: the pointwise kernel reads each element before it writes it); ``None`` skips it."""
-    grad_y = _flattenable(grad_y)
-    with F._no_autocast(x.device.type):
-        p = spatial_reduce(grad_y, "dot", x)
-        coef, grad_alpha, grad_gamma, grad_beta = F._grads_from_dot(p, alpha, gamma, t, s, e, norm_inv, mode)
-        if grad_x is not None:
-            kind = 1 if mode == "l2" else (3 if after_relu else 2)
-            _into(grad_x, lambda target: scale_pass(grad_y, 1.0 + t, target, coef=coef, b=x, kind=kind))
+    grad_y, x = _flattenable(grad_y), _flattenable(x)
+    p = spatial_reduce(grad_y, "dot", x)
+    coef, grad_alpha, grad_gamma, grad_beta = composite.param_grads(p, alpha, gamma, t, s, e, norm_inv, mode)
+    if grad_x is not None:
+        kind = 1 if mode == "l2" else (3 if after_relu else 2)
+        if _flat_strides(grad_x) is not None:
+            scale_pass(grad_y, 1.0 + t, grad_x, coef=coef, b=x, kind=kind)
+        else:
+            grad_x.copy_(scale_pass(grad_y, 1.0 + t, torch.empty_like(x), coef=coef, b=x, kind=kind))
     return grad_alpha, grad_gamma, grad_beta
 
 
-def _into(out: Tensor, write: Callable[[Tensor], Tensor]) -> Tensor:
-    """Run ``write(target)`` into ``out``, through a contiguous temporary if the kernels cannot address it."""
-    if _flat_strides(out) is not None:
-        write(out)
-    else:
-        out.copy_(write(torch.empty_like(out, memory_format=torch.contiguous_format)))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# custom ops
-# --------------------------------------------------------------------------------------------------
-@torch.library.custom_op(
-    "gctnet::gct_fwd",
-    mutates_args=(),
-    schema="(Tensor x, Tensor alpha, Tensor gamma, Tensor beta, float eps, str mode, bool after_relu)"
-    " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-)
-def _gct_fwd(x, alpha, gamma, beta, eps, mode, after_relu):
-    return forward(x, alpha, gamma, beta, eps, mode, after_relu)
-
-
-@_gct_fwd.register_fake
-def _gct_fwd_fake(x, alpha, gamma, beta, eps, mode, after_relu):
-    n, c = x.shape[0], x.shape[1]
-    stat = lambda cols: x.new_empty((n, cols), dtype=torch.float32)  # noqa: E731
-    return torch.empty_like(x), stat(c), stat(c), stat(c), stat(1)
-
-
-@torch.library.custom_op(
-    "gctnet::gct_bwd",
-    mutates_args=(),
-    schema="(Tensor grad_y, Tensor x, Tensor alpha, Tensor gamma, Tensor t, Tensor s, Tensor e, "
-    "Tensor norm_inv, str mode, bool after_relu, bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor)",
-)
-def _gct_bwd(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, need_grad_x):
-    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty((0,))
-    grads = backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x if need_grad_x else None)
-    return (grad_x, *grads)
-
-
-@_gct_bwd.register_fake
-def _gct_bwd_fake(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, need_grad_x):
-    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty((0,))
-    c = x.shape[1]
-    param = lambda: x.new_empty((c,), dtype=torch.float32)  # noqa: E731
-    return grad_x, param(), param(), param()
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    x, alpha, gamma, beta, eps, mode, after_relu = inputs
-    _, t, s, e, norm_inv = output
-    ctx.save_for_backward(x, alpha, gamma, beta, t, s, e, norm_inv)
-    ctx.eps, ctx.mode, ctx.after_relu = eps, mode, after_relu
-
-
-def _backward(ctx, grad_y, *_unused_stat_grads):
-    x, alpha, gamma, beta, t, s, e, norm_inv = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: differentiate a plain-ops recomputation
-        return F._double_backward(ctx, grad_y, x, alpha, gamma, beta)
-    needs = ctx.needs_input_grad
-    grad_x, grad_alpha, grad_gamma, grad_beta = torch.ops.gctnet.gct_bwd(
-        grad_y, x, alpha, gamma, t, s, e, norm_inv, ctx.mode, ctx.after_relu, bool(needs[0])
-    )
-    return (
-        grad_x if needs[0] else None,
-        grad_alpha.to(alpha.dtype) if needs[1] else None,
-        grad_gamma.to(gamma.dtype) if needs[2] else None,
-        grad_beta.to(beta.dtype) if needs[3] else None,
-        None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("gctnet::gct_fwd", _backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------------
-# entry points
-# --------------------------------------------------------------------------------------------------
-def gct_triton(
-    x: Tensor,
-    alpha: Tensor,
-    gamma: Tensor,
-    beta: Tensor,
-    eps: float = 1e-5,
-    mode: str = "l2",
-    after_relu: bool = False,
-) -> Tensor:
-    """GCT through the Triton custom ops (arguments as :func:`gctnet.functional.gct`, validated there)."""
-    x = _flattenable(x)
-    return torch.ops.gctnet.gct_fwd(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))[0]
-
-
-def op_for(x: Tensor) -> Optional[Callable[..., Tensor]]:
-    """:func:`gct_triton` if these kernels take ``x``, else ``None`` (the caller uses the eager path).
-
-    Taken: float32/float16/bfloat16 tensors with 1-3 spatial dims and at least one element, on CUDA
-    (or on CPU when Triton runs in interpreter mode, ``TRITON_INTERPRET=1``).
-    """
-    if x.dtype not in SUPPORTED_DTYPES or not 3 <= x.dim() <= 5 or x.numel() == 0:
-        return None
-    if x.device.type == "cuda" or (INTERPRET and x.device.type == "cpu"):
-        return gct_triton
-    return None
+KERNELS = Kernels("Triton", forward, scale, backward, SUPPORTED_DTYPES)

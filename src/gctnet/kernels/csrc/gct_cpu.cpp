@@ -12,20 +12,18 @@
 // contiguous).  Anything else is copied to contiguous first.  dtypes: float64 (statistics in float64),
 // float32, float16, bfloat16 (statistics in float32).  Outputs keep the input's dtype and layout.
 //
-// Ops (namespace gctnet_cpu, CPU dispatch key; eager use only, gctnet never calls them while compiling):
+// Ops (namespace gctnet_cpu, CPU dispatch key): the raw CPU kernels of the gctnet::gct* operators
+// (gctnet/kernels/ops.py registers them for the CPU key after a one-time self-check).
 //   forward(x, alpha, gamma, beta, eps, mode, after_relu) -> (y, t, s, e, norm_inv)
-//   forward_into(x, alpha, gamma, beta, eps, mode, after_relu, out!) -> (t, s, e, norm_inv)
-//                                                 (y written into out, which has x's layout)
 //   scale(x, t) -> y = x * (1 + t)                (the checkpointed GCT+conv path's recomputation)
-//   scale_into(x, t, out!)                        (the same, written into out)
 //   backward(grad_y, x, alpha, gamma, t, s, e, norm_inv, mode, after_relu, grad_x!)
 //       -> (grad_alpha, grad_gamma, grad_beta)    (grad_x is written in place; numel 0: not wanted)
-//   isa(request) -> str                           (the kernels' instruction set: "baseline" or "avx2";
-//                                                  request "", "auto", "baseline" or "avx2")
+//   isa() -> str                                  (the kernels' instruction set: "baseline" or "avx2")
+//   parallel_threads() -> int                     (threads the parallel loops use: torch.get_num_threads())
 //
+// Threads: at::parallel_for on torch's OpenMP pool (the library is built with -fopenmp).
 // Instruction sets: the loops (gct_cpu_kernels.h) are compiled twice on x86-64 with GCC, for the
-// baseline (SSE2) and with AVX2+FMA; the AVX2 copy runs where the CPU has it (checked at load), unless
-// GCTNET_CPU_ISA=baseline is set or isa("baseline") was called.
+// baseline (SSE2) and with AVX2+FMA; the AVX2 copy runs where the CPU has it (checked once at load).
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -33,10 +31,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -156,10 +152,8 @@ struct BackwardArgs {
 #endif
 
 // ---------------------------------------------------------------------------------------------------
-// instruction set: AVX2+FMA where the CPU has it (GCTNET_CPU_ISA=baseline forces the SSE2 build)
+// instruction set: AVX2+FMA where the CPU has it
 // ---------------------------------------------------------------------------------------------------
-enum class Isa { Baseline, Avx2 };
-
 bool cpu_has_avx2() {
 #if GCTNET_HAVE_AVX2
   __builtin_cpu_init();
@@ -169,44 +163,28 @@ bool cpu_has_avx2() {
 #endif
 }
 
-Isa default_isa() {
-  const char* env = std::getenv("GCTNET_CPU_ISA");
-  if (env != nullptr && std::string(env) == "baseline") return Isa::Baseline;
-  return cpu_has_avx2() ? Isa::Avx2 : Isa::Baseline;
+bool use_avx2() {
+  static const bool avx2 = cpu_has_avx2();
+  return avx2;
 }
 
-std::atomic<int>& isa_slot() {
-  static std::atomic<int> slot{static_cast<int>(default_isa())};
-  return slot;
-}
+std::string gct_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
-Isa active_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
-
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "baseline"; }
-
-// isa("") -> the active instruction set; isa("baseline" | "avx2" | "auto") selects one first.
-std::string gct_isa(c10::string_view request) {
-  if (!request.empty()) {
-    Isa want;
-    if (request == "baseline") {
-      want = Isa::Baseline;
-    } else if (request == "avx2") {
-      TORCH_CHECK(cpu_has_avx2(), "gctnet_cpu: isa 'avx2' requested but ",
-                  GCTNET_HAVE_AVX2 ? "this CPU lacks AVX2/FMA" : "this build has no AVX2 kernels (not x86-64 GCC)");
-      want = Isa::Avx2;
-    } else if (request == "auto") {
-      want = cpu_has_avx2() ? Isa::Avx2 : Isa::Baseline;
-    } else {
-      TORCH_CHECK(false, "gctnet_cpu: isa must be '', 'auto', 'baseline' or 'avx2', got '", std::string(request), "'");
-    }
-    isa_slot().store(static_cast<int>(want), std::memory_order_relaxed);
-  }
-  return isa_name(active_isa());
+// How many threads the kernels' parallel loops use (a check that they run on torch's pool).
+int64_t parallel_threads() {
+  std::vector<int> seen(static_cast<size_t>(std::max(1, at::get_num_threads())), 0);
+  at::parallel_for(0, 4096, 1, [&](int64_t begin, int64_t end) {
+    volatile double sink = 0;
+    for (int64_t i = begin; i < end; ++i) sink = sink + std::sqrt(static_cast<double>(i));
+    const int tid = at::get_thread_num();
+    if (tid >= 0 && tid < static_cast<int>(seen.size())) seen[tid] = 1;
+  });
+  return std::count(seen.begin(), seen.end(), 1);
 }
 
 #if GCTNET_HAVE_AVX2
 #define GCTNET_RUN(fn, ...) \
-  (active_isa() == Isa::Avx2 ? isa_avx2::fn(__VA_ARGS__) : isa_baseline::fn(__VA_ARGS__))
+  (use_avx2() ? isa_avx2::fn(__VA_ARGS__) : isa_baseline::fn(__VA_ARGS__))
 #else
 #define GCTNET_RUN(fn, ...) isa_baseline::fn(__VA_ARGS__)
 #endif
@@ -214,22 +192,10 @@ std::string gct_isa(c10::string_view request) {
 // ---------------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------------
-// The output buffer for x (addressable): `out` when given (checked), else a fresh tensor like x.
-Tensor output_for(const Tensor& x, const c10::optional<Tensor>& out, const char* op) {
-  if (!out) return at::empty_like(x);
-  TORCH_CHECK(out->scalar_type() == x.scalar_type(), "gctnet_cpu::", op, ": out has dtype ", out->scalar_type(),
-              " but x has ", x.scalar_type());
-  TORCH_CHECK(same_layout(*out, x), "gctnet_cpu::", op, ": out must have x's shape ", x.sizes(), " and strides ",
-              x.strides(), ", got shape ", out->sizes(), " and strides ", out->strides());
-  TORCH_CHECK(!out->is_alias_of(x), "gctnet_cpu::", op, ": out must not share memory with x");
-  return *out;
-}
-
-// y and the statistics (t, s, e, norm_inv); y is written into `out` when given.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor& alpha,
-                                                                const Tensor& gamma, const Tensor& beta, double eps,
-                                                                c10::string_view mode, bool after_relu,
-                                                                const c10::optional<Tensor>& out) {
+// y (in x's layout) and the statistics (t, s, e, norm_inv).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x_in, const Tensor& alpha,
+                                                               const Tensor& gamma, const Tensor& beta, double eps,
+                                                               c10::string_view mode, bool after_relu) {
   check_input(x_in, "x");
   check_mode(mode);
   Tensor x;
@@ -240,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x_
   Tensor a = alpha.to(acc).contiguous(), gm = gamma.to(acc).contiguous(), b = beta.to(acc).contiguous();
   TORCH_CHECK(a.numel() == g.C && gm.numel() == g.C && b.numel() == g.C,
               "gctnet_cpu: alpha, gamma, beta must have ", g.C, " elements");
-  Tensor y = output_for(x, out, "forward_into");
+  Tensor y = at::empty_like(x);
   TORCH_INTERNAL_ASSERT(same_layout(y, x));
   Tensor S = at::empty({g.N, g.C}, opts), t = at::empty({g.N, g.C}, opts), s = at::empty({g.N, g.C}, opts),
          e = at::empty({g.N, g.C}, opts), ni = at::empty({g.N, 1}, opts);
@@ -258,30 +224,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x_
   return {y, t, s, e, ni};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gct_forward(const Tensor& x, const Tensor& alpha,
-                                                               const Tensor& gamma, const Tensor& beta, double eps,
-                                                               c10::string_view mode, bool after_relu) {
-  return forward_impl(x, alpha, gamma, beta, eps, mode, after_relu, c10::nullopt);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gct_forward_into(const Tensor& x, const Tensor& alpha, const Tensor& gamma,
-                                                            const Tensor& beta, double eps, c10::string_view mode,
-                                                            bool after_relu, const Tensor& out) {
-  auto r = forward_impl(x, alpha, gamma, beta, eps, mode, after_relu, out);
-  return {std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
-}
-
 // ---------------------------------------------------------------------------------------------------
 // scale: y = x * (1 + t), the recomputation of the forward output from its saved statistics
 // ---------------------------------------------------------------------------------------------------
-Tensor scale_impl(const Tensor& x_in, const Tensor& t_in, const c10::optional<Tensor>& out) {
+Tensor gct_scale(const Tensor& x_in, const Tensor& t_in) {
   check_input(x_in, "x");
   Tensor x;
   Geometry g{};
   std::tie(x, g) = addressable(x_in);
   Tensor t = t_in.to(acc_type(x.scalar_type())).contiguous();
   TORCH_CHECK(t.numel() == g.N * g.C, "gctnet_cpu: t must have N*C = ", g.N * g.C, " elements, got ", t.numel());
-  Tensor y = output_for(x, out, "scale_into");
+  Tensor y = at::empty_like(x);
   TORCH_INTERNAL_ASSERT(same_layout(y, x));
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gctnet_cpu::scale", [&] {
@@ -290,10 +243,6 @@ Tensor scale_impl(const Tensor& x_in, const Tensor& t_in, const c10::optional<Te
   });
   return y;
 }
-
-Tensor gct_scale(const Tensor& x, const Tensor& t) { return scale_impl(x, t, c10::nullopt); }
-
-void gct_scale_into(const Tensor& x, const Tensor& t, const Tensor& out) { scale_impl(x, t, out); }
 
 // ---------------------------------------------------------------------------------------------------
 // backward
@@ -363,19 +312,15 @@ std::tuple<Tensor, Tensor, Tensor> gct_backward(const Tensor& grad_y_in, const T
 TORCH_LIBRARY(gctnet_cpu, m) {
   m.def("forward(Tensor x, Tensor alpha, Tensor gamma, Tensor beta, float eps, str gct_mode, bool after_relu)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("forward_into(Tensor x, Tensor alpha, Tensor gamma, Tensor beta, float eps, str gct_mode, bool after_relu,"
-        " Tensor(a!) out) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("scale(Tensor x, Tensor t) -> Tensor");
-  m.def("scale_into(Tensor x, Tensor t, Tensor(a!) out) -> ()");
-  m.def("isa(str request) -> str", &gct_isa);  // no tensor arguments: one kernel for every dispatch key
+  m.def("isa() -> str", &gct_isa);  // no tensor arguments: one kernel for every dispatch key
+  m.def("parallel_threads() -> int", &parallel_threads);
   m.def("backward(Tensor grad_y, Tensor x, Tensor alpha, Tensor gamma, Tensor t, Tensor s, Tensor e, "
         "Tensor norm_inv, str gct_mode, bool after_relu, Tensor(a!) grad_x) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gctnet_cpu, CPU, m) {
   m.impl("forward", &gct_forward);
-  m.impl("forward_into", &gct_forward_into);
   m.impl("scale", &gct_scale);
-  m.impl("scale_into", &gct_scale_into);
   m.impl("backward", &gct_backward);
 }
