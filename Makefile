@@ -43,10 +43,11 @@ demo: install data
 bench: install
 	$(BIN)/gctnet bench all --markdown BENCHMARKS.md
 
-# On a CUDA machine: the kernel tests on the GPU, the GPU benchmarks (eager, into BENCHMARKS-cuda.md),
-# then the compiled ResNet-50 pair with AMP + channels_last (the issue-7 GPU targets).
+# On a CUDA machine: the Triton kernels' self-check table, the kernel tests on the GPU, the GPU benchmarks
+# (eager, into BENCHMARKS-cuda.md), then the compiled ResNet-50 pair with AMP + channels_last.
 gpu-check: install
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA GPU')"
+	$(BIN)/gctnet kernels --check --device cuda
 	$(BIN)/python -m pytest -q -rs tests/test_kernels.py
 	$(BIN)/python -m pytest -q -rs -m gpu
 	$(BIN)/gctnet bench all --device cuda --no-compile --markdown BENCHMARKS-cuda.md

@@ -3,7 +3,7 @@
 // gct_cpu.cpp defines GCTNET_ISA (the namespace: isa_baseline, isa_avx2) and, for the AVX2+FMA copy,
 // wraps the include in `#pragma GCC target("avx2,fma")`, so every function here (lambdas included) is
 // compiled once for the baseline x86-64 (SSE2) and once for AVX2+FMA; the library picks one at load time
-// (see gct_cpu.cpp: active_isa).  Everything this file needs is included by gct_cpu.cpp before it: it
+// (see gct_cpu.cpp: use_avx2).  Everything this file needs is included by gct_cpu.cpp before it: it
 // must include nothing itself, or those headers' inline functions would be compiled for AVX2 too.
 //
 // Shared types from gct_cpu.cpp: Layout, Geometry, per_sample, ForwardArgs, BackwardArgs.
