@@ -27,7 +27,7 @@ from torch import Tensor
 __all__ = ["gct", "gct_reference", "validate_gct_args", "MODES", "gct_gate"]
 
 from .kernels import composite
-from .kernels.ops import _no_autocast
+from .kernels.ops import _no_autocast, below_autograd
 
 MODES = ("l2", "l1")
 Mode = Literal["l2", "l1"]
@@ -149,7 +149,11 @@ def gct(
     if traceable():
         with _no_autocast(x.device.type):
             return composite.forward(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))[0]
-    return torch.ops.gctnet.gct(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))[0]
+    args = (x, alpha, gamma, beta, float(eps), mode, bool(after_relu))
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or gamma.requires_grad or beta.requires_grad):
+        return torch.ops.gctnet.gct(*args)[0]
+    with below_autograd():  # no graph to record
+        return torch.ops.gctnet.gct(*args)[0]
 
 
 def gct_reference(

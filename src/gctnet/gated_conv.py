@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import traceable, validate_gct_args
-from .kernels.ops import _no_autocast
+from .kernels.ops import _no_autocast, below_autograd
 from .layers import GCT
 
 __all__ = ["GCTConv1d", "GCTConv2d", "GCTConv3d", "GCTConvFunction", "GCT_CLASS", "PLAIN_CLASS"]
@@ -102,7 +102,7 @@ class GCTConvFunction(torch.autograd.Function):
         validate_gct_args(x, alpha, gamma, beta, eps, mode)
         device_type = x.device.type
         cdt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        with _no_autocast(device_type):
+        with _no_autocast(device_type), below_autograd():
             y, t, s, e, norm_inv = torch.ops.gctnet.gct(x, alpha, gamma, beta, float(eps), mode, bool(after_relu))
             y, w, b = _conv_operands(y, weight, bias, cdt)
             out = torch.convolution(y, w, b, stride, padding, dilation, False, [0] * len(stride), groups)

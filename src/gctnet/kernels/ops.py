@@ -43,7 +43,7 @@ from torch import Tensor
 from . import backend, composite
 
 __all__ = ["Kernels", "COMPOSITE", "addressable", "layout_name", "kernels_for", "accelerated", "failed_devices",
-           "reset"]
+           "reset", "below_autograd"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,13 @@ def _no_autocast(device_type: str):
     except RuntimeError:  # device types without autocast (e.g. "meta")
         enabled = False
     return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
+def below_autograd():
+    """A context that calls operators below the autograd dispatch key, for callers that record no graph
+    (no-grad forwards, the inside of :class:`gctnet.gated_conv.GCTConvFunction`): it skips the Python
+    wrapper of the registered autograd formula (see docs/performance.md, batch-1 inference)."""
+    return torch._C._AutoDispatchBelowAutograd()
 
 
 # --------------------------------------------------------------------------------------------------
