@@ -209,7 +209,8 @@ def test_torchvision_models_are_torchvision_architectures():
     torch.manual_seed(0)
     ours = create_model("resnet50")
     theirs = torchvision.models.resnet50(weights=None)
-    assert type(ours) is type(theirs)
+    # the same class with timm's interface added (gctnet.models.interface), same name and modules
+    assert isinstance(ours, torchvision.models.ResNet) and type(ours).__name__ == "ResNet"
     shapes = lambda m: [(k, v.shape) for k, v in m.state_dict().items()]  # noqa: E731
     assert shapes(ours) == shapes(theirs)
     assert sum(p.numel() for p in ours.parameters()) == 25_557_032

@@ -65,7 +65,7 @@ def test_timm_options_without_meaning_are_refused():
     [
         ("gct_resnet18", 64, [64, 64, 128, 256, 512], [2, 4, 8, 16, 32], "FeatureListNet"),
         ("gct_resnet20", 32, [16, 32, 64], [1, 2, 4], "FeatureListNet"),
-        ("gct_mobilenet_v2", 64, [16, 24, 32, 96, 1280], [2, 4, 8, 16, 32], "FeatureHookNet"),
+        ("gct_mobilenet_v2", 64, [16, 24, 32, 96, 1280], [2, 4, 8, 16, 32], "FeatureListNet"),
     ],
 )
 def test_features_only(name, size, chans, reductions, cls):
