@@ -120,9 +120,7 @@ def _pop_timm_options(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: kwargs.pop(k) for k in ("bn_momentum", "bn_eps", "global_pool") if kwargs.get(k) is not None}
 
 
-def _build(name: str, wd_policy: str, options: Mapping[str, Any], **kwargs: Any) -> nn.Module:
-    from ..surgery import attach_no_weight_decay
-
+def _build(name: str, options: Mapping[str, Any], **kwargs: Any) -> nn.Module:
     model = create_model(name, **kwargs)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -132,7 +130,7 @@ def _build(name: str, wd_policy: str, options: Mapping[str, Any], **kwargs: Any)
                 m.eps = options["bn_eps"]
     if "global_pool" in options:
         model.reset_classifier(model.num_classes, options["global_pool"])
-    return attach_no_weight_decay(model, wd_policy)
+    return model
 
 
 def _filter_fn(name: str, family: str) -> Callable[[Mapping[str, Any], nn.Module], Dict[str, torch.Tensor]]:
@@ -172,7 +170,7 @@ def _make_entrypoint(entry: ModelEntry) -> Callable[..., nn.Module]:
             explicit_indices="out_indices" in kwargs or "out_indices" in feature_cfg)
 
         def builder(**model_kwargs: Any) -> nn.Module:
-            return _build(name, wd_policy, options, **model_kwargs)
+            return _build(name, options, **model_kwargs)
 
         model = build_model_with_cfg(
             builder, name, pretrained,
