@@ -24,7 +24,13 @@ from gctnet.models import create_model, get_model_entry, list_models, timm_bridg
 pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 timm_bridge.register_all()  # (import gctnet did it already when timm was imported first: then a no-op)
-NAMES = sorted(timm_bridge.REGISTERED)
+# gctnet's built-in classifiers (other test modules register models of their own, family "")
+NAMES = sorted(n for n in timm_bridge.REGISTERED if get_model_entry(n).family)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    timm_bridge.register_all()  # models registered in gctnet by other test modules since collection
 # one model per class and kind (CIFAR / torchvision ResNet, SE, block, official, VGG, MobileNetV2, Inception)
 REPRESENTATIVES = ["gct_resnet20", "se_resnet20", "gct_resnet18_block", "gct_resnet50_official", "gct_vgg16_bn",
                    "gct_mobilenet_v2", "gct_inception_v3"]
