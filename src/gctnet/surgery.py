@@ -399,8 +399,8 @@ _HOOKED_CONV_LIKES = (("timm.layers.cond_conv2d", "CondConv2d"), ("torchvision.o
 def _conv_kind(module: nn.Module) -> Optional[str]:
     """How :func:`apply_gct` treats ``module``: "conv" (an ``nn.Conv1d/2d/3d``), "transposed", "mixed"
     (timm's ``MixedConv2d``: one GCT over its whole input), "hooked" (a known conv-like module, see
-    ``_HOOKED_CONV_LIKES``), "unknown" (looks like a conv: ``in_channels``/``out_channels`` and its own
-    parameters, but gctnet does not know its forward; reported as skipped) or None (not a conv)."""
+    ``_HOOKED_CONV_LIKES``), "unknown" (looks like a conv: ``in_channels``/``out_channels``, parameters of
+    its own and no conv inside, but gctnet does not know its forward; reported as skipped) or None."""
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed"
     if isinstance(module, _PLAIN_CONVS):
@@ -411,7 +411,7 @@ def _conv_kind(module: nn.Module) -> Optional[str]:
     if any(type(module) is _loaded_class(*where) for where in _HOOKED_CONV_LIKES):
         return "hooked"
     if (isinstance(getattr(module, "in_channels", None), int) and isinstance(getattr(module, "out_channels", None), int)
-            and module._parameters):
+            and module._parameters and not any(isinstance(m, _PLAIN_CONVS) for m in module.modules())):
         return "unknown"
     return None
 
