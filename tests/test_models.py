@@ -209,7 +209,8 @@ def test_torchvision_models_are_torchvision_architectures():
     torch.manual_seed(0)
     ours = create_model("resnet50")
     theirs = torchvision.models.resnet50(weights=None)
-    assert type(ours) is type(theirs)
+    # the same class with timm's interface added (gctnet.models.interface), same name and modules
+    assert isinstance(ours, torchvision.models.ResNet) and type(ours).__name__ == "ResNet"
     shapes = lambda m: [(k, v.shape) for k, v in m.state_dict().items()]  # noqa: E731
     assert shapes(ours) == shapes(theirs)
     assert sum(p.numel() for p in ours.parameters()) == 25_557_032
@@ -272,3 +273,26 @@ def test_gct_at_init_equals_plain_bitwise(arch, size):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.equal(gct(x), plain(x))
+
+
+def test_timm_interface_without_timm():
+    """gctnet.create_model's classifiers have timm's interface themselves (timm is not needed for it)."""
+    torch.manual_seed(0)
+    model = create_model("gct_resnet20", in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        logits, feats = model(x), model.forward_features(x)
+        maps = model.forward_intermediates(x, indices=2, intermediates_only=True)  # the last two levels
+        pre = model.forward_head(feats, pre_logits=True)
+    assert feats.shape == (2, 64, 7, 7) and logits.shape == (2, 10) and pre.shape == (2, 64)
+    assert [m.shape[1:] for m in maps] == [(32, 14, 14), (64, 7, 7)] and torch.equal(maps[-1], feats)
+    assert torch.equal(model.fc(pre), logits)
+    headless = create_model("gct_resnet20", in_chans=1, num_classes=0)
+    assert headless.num_classes == 0 and isinstance(headless.fc, nn.Identity)
+    # torchvision models: re-classed in place, with the feature levels of the architecture
+    tv = create_model("resnext50_32x4d", num_classes=3)
+    assert isinstance(tv, torchvision.models.ResNet) and tv.num_features == 2048
+    assert [(f["module"], f["reduction"]) for f in tv.feature_info] == [
+        ("relu", 2), ("layer1", 4), ("layer2", 8), ("layer3", 16), ("layer4", 32)]
+    dilated = create_model("resnet50", replace_stride_with_dilation=[False, True, True])
+    assert [f["reduction"] for f in dilated.feature_info] == [2, 4, 8]  # layer4 is the stride-8 level

@@ -6,8 +6,6 @@ The public API is re-exported here; heavier parts (models, training, analysis) l
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 from typing import Any
 
 from . import functional
@@ -50,15 +48,11 @@ def __dir__() -> list[str]:
 
 
 def _register_in_timm() -> None:
-    """With timm installed, gctnet's classifiers become timm models on ``import gctnet``.
-
-    Set ``GCTNET_NO_TIMM=1`` to skip it (e.g. to keep ``import gctnet`` light).
-    """
-    if os.environ.get("GCTNET_NO_TIMM") or importlib.util.find_spec("timm") is None:
-        return
+    """gctnet's classifiers become timm models: now if timm is imported, else when it is first imported
+    (timm itself is never imported here, so ``import gctnet`` stays light)."""
     from .models import timm_bridge
 
-    timm_bridge.register_all()
+    timm_bridge.register_when_imported()
 
 
 _register_in_timm()

@@ -24,8 +24,10 @@ and rebuilds ``gct(x)`` in the backward pass: GCT then adds almost no saved-acti
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
@@ -41,6 +43,7 @@ from .layers import GCT
 __all__ = [
     "apply_gct",
     "remove_gct",
+    "attach_no_weight_decay",
     "gct_modules",
     "load_plain_weights",
     "GCTReport",
@@ -183,6 +186,78 @@ def _is_candidate_conv(module: nn.Module) -> bool:
     return isinstance(module, _PLAIN_CONVS)
 
 
+def _loaded_class(module_name: str, class_name: str) -> Optional[type]:
+    """``module_name.class_name`` if that module is imported (a model can only hold instances of classes
+    whose module is imported, so this never imports timm or torchvision)."""
+    return getattr(sys.modules.get(module_name), class_name, None)
+
+
+# conv-like modules that are not nn.ConvNd and convolve their first positional input: gated by a
+# forward pre-hook (timm's CondConv2d: forward(x, routing_weights); torchvision's DeformConv2d:
+# forward(input, offset, mask))
+_HOOKED_CONV_LIKES = (("timm.layers.cond_conv2d", "CondConv2d"), ("torchvision.ops.deform_conv", "DeformConv2d"))
+
+
+def _conv_kind(module: nn.Module) -> Optional[str]:
+    """How :func:`apply_gct` treats ``module``: "conv" (an ``nn.Conv1d/2d/3d``), "transposed", "mixed"
+    (timm's ``MixedConv2d``: one GCT over its whole input), "hooked" (a known conv-like module, see
+    ``_HOOKED_CONV_LIKES``), "unknown" (looks like a conv: ``in_channels``/``out_channels``, parameters of
+    its own and no conv inside, but gctnet does not know its forward; reported as skipped) or None."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "transposed"
+    if isinstance(module, _PLAIN_CONVS):
+        return "conv"
+    mixed = _loaded_class("timm.layers.mixed_conv2d", "MixedConv2d")
+    if mixed is not None and isinstance(module, mixed):
+        return "mixed"
+    if any(type(module) is _loaded_class(*where) for where in _HOOKED_CONV_LIKES):
+        return "hooked"
+    if (isinstance(getattr(module, "in_channels", None), int) and isinstance(getattr(module, "out_channels", None), int)
+            and module._parameters and not any(isinstance(m, _PLAIN_CONVS) for m in module.modules())):
+        return "unknown"
+    return None
+
+
+def _record_input_size(sizes: dict[str, list[tuple[int, ...]]], name: str, module: nn.Module,
+                       args: tuple[Any, ...]) -> None:
+    if args and isinstance(args[0], Tensor) and args[0].dim() >= 3:
+        sizes.setdefault(name, []).append(tuple(args[0].shape[2:]))
+
+
+def _input_sizes(model: nn.Module, example_input: Any) -> dict[str, list[tuple[int, ...]]]:
+    """Spatial sizes of the input of every conv (of the kinds apply_gct gates) in one forward of
+    ``example_input`` (a tensor, or a tuple of positional arguments) in eval mode without autograd;
+    the modes of all modules are restored afterwards."""
+    sizes: dict[str, list[tuple[int, ...]]] = {}
+    handles = [m.register_forward_pre_hook(functools.partial(_record_input_size, sizes, name))
+               for name, m in model.named_modules() if _conv_kind(m) in ("conv", "mixed", "hooked")]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def _pooled_input_reason(name: str, module: nn.Module, sizes: Optional[list[tuple[int, ...]]]) -> Optional[str]:
+    """The skip reason for a conv whose input was 1x1 (every spatial dim) in the example forward."""
+    if not sizes or any(any(d != 1 for d in size) for size in sizes):
+        return None
+    kernel = getattr(module, "kernel_size", 1)
+    if any(k > 1 for k in (kernel if isinstance(kernel, (tuple, list)) else (kernel,))):
+        warnings.warn(
+            f"apply_gct: {name!r} ({type(module).__name__}, kernel {kernel}) sees a 1x1 input in example_input "
+            "and is left without GCT; is the example smaller than the resolution the model works at?",
+            stacklevel=3,
+        )
+    return "skipped: 1x1 spatial input in the example forward (a pooled input)"
+
+
 def _parents(model: nn.Module) -> dict[str, tuple[Optional[nn.Module], str]]:
     """name -> (parent module, class name of the parent) for every module."""
     out: dict[str, tuple[Optional[nn.Module], str]] = {}
@@ -241,6 +316,57 @@ def _conv_has_gct(module: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
+class _NoWeightDecay:
+    """``model.no_weight_decay()``, timm's hook for its optimizer factory: the names the model's own
+    ``no_weight_decay()`` lists (ViT's position embeddings, ...) plus its GCT parameters without decay
+    under ``policy`` (the paper: GCT beta; see :func:`gctnet.optim.no_weight_decay`).
+
+    A plain object in the model's ``__dict__`` (not a bound method), so deepcopy (timm's EMA) and
+    pickling keep it working; ``previous`` is the instance attribute it replaced, if any.
+    """
+
+    def __init__(self, model: nn.Module, policy: str, previous: Optional[Callable[[], Iterable[str]]]) -> None:
+        self.model, self.policy, self.previous = model, policy, previous
+
+    def __call__(self) -> set[str]:
+        from .optim import no_weight_decay
+
+        if self.previous is not None:
+            own: Iterable[str] = self.previous()
+        else:
+            method = getattr(type(self.model), "no_weight_decay", None)
+            own = method(self.model) if callable(method) else ()
+        return set(own) | no_weight_decay(self.model, self.policy)
+
+
+def attach_no_weight_decay(model: nn.Module, policy: Optional[str] = None) -> nn.Module:
+    """Give ``model`` a ``no_weight_decay()`` that timm's ``create_optimizer_v2`` honours: the model's
+    own names (if its class or instance has such a method) plus the GCT parameters without decay under
+    ``policy`` (``"paper"``: beta, ``"none"``: alpha, gamma, beta, ``"all"``: none; see
+    :func:`gctnet.param_groups`).  Attached again, only the policy changes; ``policy=None`` keeps the
+    current one ("paper" when new).  :func:`apply_gct` attaches it, :func:`remove_gct` restores the original.
+    """
+    from .optim import POLICIES
+
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"gct_wd_policy must be one of {POLICIES}, got {policy!r}")
+    current = model.__dict__.get("no_weight_decay")
+    if isinstance(current, _NoWeightDecay):
+        current.policy = policy or current.policy
+    else:
+        model.__dict__["no_weight_decay"] = _NoWeightDecay(model, policy or "paper", current)
+    return model
+
+
+def _detach_no_weight_decay(model: nn.Module) -> None:
+    current = model.__dict__.get("no_weight_decay")
+    if isinstance(current, _NoWeightDecay):
+        if current.previous is None:
+            del model.__dict__["no_weight_decay"]
+        else:
+            model.__dict__["no_weight_decay"] = current.previous
+
+
 def apply_gct(
     model: nn.Module,
     *,
@@ -248,6 +374,7 @@ def apply_gct(
     skip: SkipSpec = None,
     checkpoint: bool = True,
     skip_attention: bool = True,
+    example_input: Any = None,
     **gct_kwargs: Any,
 ) -> nn.Module:
     """Insert a GCT before convolutions of ``model`` (in place) and return ``model``.
@@ -255,10 +382,13 @@ def apply_gct(
     Args:
         model: any ``nn.Module``.
         placement: ``"all"`` (paper): before every ``nn.Conv1d/2d/3d``, stem and shortcut convs
-            included (``ConvTranspose`` is never touched); ``"block"``: before the first conv of every
-            residual block only (torchvision/timm ``BasicBlock``/``Bottleneck``, gctnet's CIFAR blocks, any
-            module whose class name contains "Block"/"Bottleneck" and has a ``conv1`` child, or any module
-            with a ``gct_block_conv = "<child conv name>"`` attribute).
+            included (``ConvTranspose`` is never touched), before timm's ``CondConv2d`` and torchvision's
+            ``DeformConv2d``, and once before each timm ``MixedConv2d`` (one GCT over its whole input, its
+            split convs not gated); other conv-like modules (``in_channels``/``out_channels`` and own
+            parameters, not an ``nn.ConvNd``) are reported as skipped.  ``"block"``: before the first conv of
+            every residual block only (torchvision/timm ``BasicBlock``/``Bottleneck``, gctnet's CIFAR blocks,
+            any module whose class name contains "Block"/"Bottleneck" and has a ``conv1`` child, or any
+            module with a ``gct_block_conv = "<child conv name>"`` attribute).
         skip: convs to leave alone: a predicate ``(qualified_name, conv) -> bool``, an fnmatch pattern or
             a list of patterns matched against the conv's qualified name (e.g. ``["conv1", "layer4.*"]``).
         checkpoint: lean memory (default ``True``): the GCT output is not kept alive for the conv; the
@@ -268,11 +398,17 @@ def apply_gct(
             Calling again with another value updates it.
         skip_attention: skip kernel-1 convs inside channel-attention modules (SE's FC convs), which see
             1x1 inputs (default True; see :func:`is_attention_conv`).
+        example_input: an input of ``model`` (a tensor, or a tuple of positional arguments) at the
+            resolution it works at.  One forward of it (eval mode, no autograd, modes restored) finds the
+            convs whose input is 1x1 (fed by global pooling: SE and split-attention FCs, a ``conv_head``
+            after the pool, DeepLab's ASPP pooling branch, ...); they are skipped, whatever their class
+            names.  A skipped conv with a kernel larger than 1 warns (the example may be too small).
         **gct_kwargs: passed to :class:`gctnet.GCT` (``eps``, ``mode``, ``after_relu``).
 
-    The GCT parameters take each conv's weight device and dtype.  Convs that already have a GCT are not
+    The GCT parameters take each conv's device and dtype.  Convs that already have a GCT are not
     gated twice.  ``model.gct_report`` (a :class:`GCTReport`) lists every conv considered with its
-    channels and the reason it was or was not gated.
+    channels and the reason it was or was not gated.  ``model.no_weight_decay()`` lists the GCT betas
+    for timm's optimizer factory, merged with the model's own list (see :func:`attach_no_weight_decay`).
 
     Raises:
         ValueError: unknown placement, bad GCT kwargs, or ``placement="block"`` on a model without blocks.
@@ -297,44 +433,67 @@ def apply_gct(
     else:
         targets = None
 
+    sizes = _input_sizes(model, example_input) if example_input is not None else None
     parents = _parents(model)
     report = GCTReport(placement=placement, checkpoint=checkpoint)
+    mixed: list[str] = []  # MixedConv2d modules seen (their split convs are never gated on their own)
     for name, module in list(model.named_modules()):
-        is_transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-        if placement == "all" and is_transposed:
-            report.entries.append(
-                GCTReportEntry(name, type(module).__name__, module.in_channels, False, "skipped: transposed conv")
-            )
-            continue
-        if not _is_candidate_conv(module):
-            continue
-        if targets is not None and name not in targets:
+        kind = _conv_kind(module)
+        if kind is None or (targets is not None and name not in targets):
             continue
         ctype = type(module).__name__
+        channels = getattr(module, "in_channels", 0)
+
+        def note(inserted: bool, reason: str, channels: int = channels) -> None:
+            report.entries.append(GCTReportEntry(name, ctype, channels, inserted, reason))
+
+        owner = next((m for m in mixed if name.startswith(m + ".")), None)
+        if kind == "transposed":
+            note(False, "skipped: transposed conv")
+            continue
+        if owner is not None:
+            note(False, f"skipped: split conv of MixedConv2d {owner!r} (one GCT over its whole input)")
+            continue
+        if kind == "unknown":
+            note(False, f"skipped: conv-like {ctype} is not an nn.Conv1d/2d/3d (gctnet does not know which input "
+                        "it convolves)")
+            continue
+        if kind == "mixed":
+            mixed.append(name)
         if _conv_has_gct(module):
             if hasattr(module, "gct_checkpoint"):
                 module.gct_checkpoint = checkpoint
-            report.entries.append(GCTReportEntry(name, ctype, module.gct.channels, False, "already has a GCT"))
+            note(False, "already has a GCT", module.gct.channels)
             continue
         if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-            report.entries.append(
-                GCTReportEntry(name, ctype, 0, False, "skipped: lazy conv not initialised (run a forward first)")
-            )
+            note(False, "skipped: lazy conv not initialised (run a forward first)", 0)
             continue
-        channels = module.in_channels
         reason = _skip_reason(skip, name, module)
+        if reason is None and sizes is not None:
+            reason = _pooled_input_reason(name, module, sizes.get(name))
         parent, pname = parents.get(name, (None, ""))
         if reason is None and skip_attention and is_attention_conv(module, parent):
             reason = f"skipped: FC conv of attention module {type(parent).__name__} {pname!r} (1x1 input)"
+        if reason is None and kind == "mixed" and type(module) is not _loaded_class("timm.layers.mixed_conv2d", "MixedConv2d"):
+            reason = f"skipped: subclass {ctype} of MixedConv2d (gctnet does not know its forward)"
         if reason is not None:
-            report.entries.append(GCTReportEntry(name, ctype, channels, False, reason))
+            note(False, reason)
             continue
-        gct = GCT(channels, device=module.weight.device, dtype=module.weight.dtype, **gct_kwargs)
+        ref = next(module.parameters())
+        gct = GCT(channels, device=ref.device, dtype=ref.dtype, **gct_kwargs)
         why = targets[name] if targets is not None else "before every conv"
+        if sizes is not None and name not in sizes:
+            why += " (not run by example_input)"
         if type(module) in _GCT_CLASS:
             module.__class__ = _GCT_CLASS[type(module)]
             module.gct_checkpoint = checkpoint
             module.add_module("gct", gct)
+        elif kind == "mixed":
+            from .gated_timm import GCTMixedConv2d
+
+            module.__class__ = GCTMixedConv2d
+            module.add_module("gct", gct)
+            why = f"one GCT over the whole input of its {len(module) - 1} split convs"
         else:
             if hasattr(module, "gct"):
                 raise ValueError(
@@ -343,22 +502,28 @@ def apply_gct(
             module.add_module("gct", gct)
             module.register_forward_pre_hook(_gct_pre_hook)
             if checkpoint:
-                why += "; checkpoint not applied (conv subclass with its own forward)"
-        report.entries.append(GCTReportEntry(name, ctype, channels, True, why))
+                why += f"; checkpoint not applied ({'conv subclass' if kind == 'conv' else ctype} with its own forward)"
+        note(True, why)
     model.gct_report = report
+    attach_no_weight_decay(model)
     return model
 
 
 def remove_gct(model: nn.Module) -> nn.Module:
-    """Undo :func:`apply_gct` in place: restore the plain conv classes, drop the ``gct`` children, hooks
-    and ``model.gct_report``.  GCT modules that were not inserted by ``apply_gct`` stay.  Returns ``model``.
+    """Undo :func:`apply_gct` in place: restore the plain conv classes, drop the ``gct`` children, hooks,
+    ``model.gct_report`` and the ``no_weight_decay()`` it attached (the model's own comes back).  GCT
+    modules that were not inserted by ``apply_gct`` stay.  Returns ``model``.
     """
+    gated_mixed = _loaded_class("gctnet.gated_timm", "GCTMixedConv2d")
     for module in model.modules():
         cls = type(module)
         if cls in _PLAIN_CLASS:
             del module.gct
             del module.gct_checkpoint
             module.__class__ = _PLAIN_CLASS[cls]
+        elif gated_mixed is not None and cls is gated_mixed:
+            del module.gct
+            module.__class__ = cls.__bases__[0]
         elif _has_gct_hook(module):
             for key, hook in list(module._forward_pre_hooks.items()):
                 if hook is _gct_pre_hook:
@@ -367,6 +532,7 @@ def remove_gct(model: nn.Module) -> nn.Module:
                 del module.gct
     if "gct_report" in model.__dict__:
         del model.gct_report
+    _detach_no_weight_decay(model)
     return model
 
 

@@ -20,12 +20,12 @@ also accept ``gct_kwargs`` (a mapping forwarded to :func:`gctnet.surgery.apply_g
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from ._variants import register_variants
+from .interface import ClassifierMixin, FeatureInfo, _levels
 from .se import SE_REDUCTION, make_se
 
 __all__ = ["BasicBlock", "CifarResNet", "cifar_resnet", "CIFAR_DEPTHS", "CIFAR_CFG"]
@@ -42,6 +42,7 @@ CIFAR_CFG = {
     "classifier": "fc",
     "crop_pct": 1.0,
     "interpolation": "bilinear",
+    "pool_size": (8, 8),  # forward_features at 32x32 (reduction 4)
 }
 
 
@@ -83,8 +84,11 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierMixin, nn.Module):
     """ResNet for small images: stem conv -> ``layer1..layer3`` -> global average pool -> ``fc``.
+
+    timm's model interface (``forward_features``, ``reset_classifier``, ``feature_info`` with the three
+    stages, ...) comes from :class:`gctnet.models.interface.ClassifierMixin`.
 
     Args:
         depth: ``6n + 2`` (20, 32, 44, 56, 110, ...).
@@ -117,8 +121,6 @@ class CifarResNet(nn.Module):
         widths: List[int] = [max(1, int(round(c * width))) for c in STAGE_CHANNELS]
         self.depth = depth
         self.widths = tuple(widths)
-        self.num_classes = num_classes
-        self.num_features = widths[-1]
 
         self.conv1 = _conv3x3(in_chans, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -132,6 +134,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
         self._init_weights(zero_init_residual)
+        self._init_interface()
 
     @staticmethod
     def _make_stage(
@@ -155,14 +158,10 @@ class CifarResNet(nn.Module):
                 if isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Feature map of the last stage, shape (N, widths[-1], H/4, W/4)."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def _layout(self) -> Tuple[List[str], FeatureInfo]:
+        steps = ["conv1", "bn1", "relu", "layer1", "layer2", "layer3"]
+        widths = [self.widths[0]] * 3 + list(self.widths)
+        return steps, _levels(steps, [self.get_submodule(s) for s in steps], widths)
 
 
 def cifar_resnet(

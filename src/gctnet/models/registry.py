@@ -69,19 +69,30 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, num_classes: Optional[int] = None, in_chans: Optional[int] = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model.  ``num_classes``/``in_chans`` default to the entry's defaults."""
+    """Build a registered model.  ``num_classes``/``in_chans`` default to the entry's defaults.
+
+    Image classifiers come with timm's model interface (:mod:`gctnet.models.interface`);
+    ``num_classes=0`` builds one without classifier (the forward returns the pooled features).
+    """
+    from .interface import adapt
+
     entry = get_model_entry(name)
     args = dict(entry.defaults)
-    if num_classes is not None:
+    headless = num_classes == 0 and not isinstance(num_classes, bool)
+    if num_classes is not None and not headless:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
         args["num_classes"] = num_classes
     if in_chans is not None:
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans <= 0:
             raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
         args["in_chans"] = in_chans
     args.update(kwargs)
-    model = entry.fn(**args)
+    model = adapt(entry.fn(**args))
+    if headless:
+        if not callable(getattr(model, "reset_classifier", None)):
+            raise ValueError(f"num_classes=0: {name!r} ({type(model).__name__}) has no classifier to remove")
+        model.reset_classifier(0)
     model.gctnet_name = name  # type: ignore[attr-defined]
     return model
 

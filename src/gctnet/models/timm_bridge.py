@@ -1,7 +1,9 @@
 """Register gctnet's image-classification models in timm's model registry.
 
-After :func:`register_all` (called by ``import gctnet`` when timm is installed) every gctnet image
-classifier whose name timm does not already use can be built by timm and its tools::
+After :func:`register_all` every gctnet image classifier whose name timm does not already use can be
+built by timm and its tools.  ``import gctnet`` arranges it without slowing down users who never touch
+timm: if timm is already imported the models are registered at once, otherwise right after timm's
+first import (:func:`register_when_imported`)::
 
     model = timm.create_model("gct_resnet50", pretrained=False, num_classes=100)
     feats = timm.create_model("gct_resnet50", features_only=True, out_indices=(1, 2, 3, 4))
@@ -14,39 +16,41 @@ What the bridge provides:
   timm's own models); :data:`SKIPPED` lists the clashes.  Detection and video models are not registered
   (timm's tools are image classifiers).  The entrypoints live in this module, so
   ``timm.list_models(module="timm_bridge")`` lists them.
-* **pretrained_cfg** from the gctnet registry entry: ``input_size``, ``mean``, ``std``, ``first_conv``,
-  ``classifier``, ``crop_pct``, ``interpolation``, ``num_classes``.  gctnet ships no weights:
-  ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=path)`` (read with ``weights_only=True``;
-  the official GCT-ResNet-50 checkpoint is converted on the fly for ``gct_resnet50_official``).
-* **features_only:** ``feature_info`` is found by one probe forward (the last module of each
-  stride among the top-level modules and the children of top-level ``nn.Sequential`` containers, up to
-  the global pool).  If the model's forward is a plain chain of its top-level modules up to the last
-  feature (torchvision/CIFAR ResNets), timm's ``FeatureListNet`` is used (the head is dropped); else
-  ``FeatureHookNet(no_rewrite=True)`` (forward hooks on the unchanged model, e.g. VGG, MobileNetV2).
-* **weight decay:** every model gets ``no_weight_decay()`` (the names from
-  :func:`gctnet.optim.no_weight_decay`, GCT ``beta`` under the paper's policy), which
-  ``timm.optim.create_optimizer_v2`` honours; ``gct_wd_policy="none"|"all"`` at creation changes it.
-* ``num_classes`` and ``get_classifier()`` are added where the model lacks them (timm's ``train.py``
-  uses both).
+* **timm's model interface** (``forward_features``, ``forward_head``, ``reset_classifier``,
+  ``forward_intermediates``, ``feature_info``, ...) comes with the models themselves
+  (:mod:`gctnet.models.interface`); ``num_classes=0`` and ``global_pool=""`` give a headless backbone.
+* **pretrained_cfg** from the gctnet registry entry: ``input_size``, ``pool_size``, ``mean``, ``std``,
+  ``first_conv``, ``classifier``, ``crop_pct``, ``interpolation``, ``num_classes``.  gctnet ships no
+  weights: ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=path)`` (read with
+  ``weights_only=True``; the official GCT-ResNet-50 checkpoint is converted on the fly for
+  ``gct_resnet50_official``).
+* **features_only:** every ``feature_cls`` works ("list", "dict", "hook", "fx", "getter").  The default is
+  timm's ``FeatureListNet`` where the model's forward is a chain of its top-level modules (all but
+  Inception-v3 with ``transform_input`` or ``aux_logits``), else ``FeatureGetterNet`` (the model's own
+  ``forward_intermediates``).  Without ``out_indices`` every level is returned.
+* **weight decay:** every model gets ``no_weight_decay()`` (:func:`gctnet.surgery.attach_no_weight_decay`:
+  GCT ``beta`` under the paper's policy), which ``timm.optim.create_optimizer_v2`` honours;
+  ``gct_wd_policy="none"|"all"`` at creation changes it.
 * timm's generic options: ``bn_momentum``/``bn_eps`` are applied to every BatchNorm; ``drop_rate``,
-  ``drop_path_rate``, ``drop_block_rate`` must be 0/None and ``global_pool`` None/"avg" (gctnet models
-  have no such options: a clear error instead of a silently ignored setting).
+  ``drop_path_rate``, ``drop_block_rate`` must be 0/None (gctnet models have no such options: a clear
+  error instead of a silently ignored setting).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
 import math
 import sys
-import types
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Callable, Dict, List, Mapping
 
 import torch
 from torch import nn
 
 from .registry import ModelEntry, create_model, get_model_entry, list_models
 
-__all__ = ["register_all", "REGISTERED", "SKIPPED", "EXCLUDED_FAMILIES", "probe_feature_info", "default_cfgs"]
+__all__ = ["register_all", "register_when_imported", "REGISTERED", "SKIPPED", "EXCLUDED_FAMILIES", "default_cfgs"]
 
 #: families that are not image classifiers and are not registered in timm
 EXCLUDED_FAMILIES = frozenset({"detection", "video"})
@@ -57,148 +61,23 @@ SKIPPED: List[str] = []
 #: timm reads pretrained cfgs from the entrypoint's module attribute ``default_cfgs``
 default_cfgs: Dict[str, Any] = {}
 
-_CFG_KEYS = ("input_size", "mean", "std", "first_conv", "classifier", "crop_pct", "interpolation")
-_PROBE_MAX_SIZE = 128  # probe forward at min(nominal size, 128) pixels when the size is a multiple of 32
-_GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_CFG_KEYS = ("input_size", "pool_size", "mean", "std", "first_conv", "classifier", "crop_pct", "interpolation")
 
 
 # --------------------------------------------------------------------------------------------------
-# no_weight_decay
+# features_only
 # --------------------------------------------------------------------------------------------------
-def _no_weight_decay(self: nn.Module) -> set:
-    """timm's hook: parameter names without weight decay (GCT ``beta`` under the paper's policy)."""
-    from ..optim import no_weight_decay
-
-    return no_weight_decay(self, getattr(self, "gct_wd_policy", "paper"))
-
-
-def attach_no_weight_decay(model: nn.Module, policy: str = "paper") -> nn.Module:
-    """Give ``model`` a ``no_weight_decay()`` method (unless its class defines one) for timm's optimizer
-    factory; ``policy`` as in :func:`gctnet.optim.param_groups`."""
-    from ..optim import POLICIES
-
-    if policy not in POLICIES:
-        raise ValueError(f"gct_wd_policy must be one of {POLICIES}, got {policy!r}")
-    model.gct_wd_policy = policy  # type: ignore[assignment]
-    if not callable(getattr(type(model), "no_weight_decay", None)):
-        model.no_weight_decay = types.MethodType(_no_weight_decay, model)  # type: ignore[assignment]
-    return model
-
-
-def _get_classifier(self: nn.Module) -> nn.Module:
-    """timm API: the classifier module (named by the model's pretrained_cfg)."""
-    return self.get_submodule(self.gctnet_classifier)
-
-
-def _add_classifier_api(model: nn.Module, classifier: Optional[str]) -> None:
-    """``num_classes`` and ``get_classifier()`` as timm's train.py expects them (when missing)."""
-    if not classifier:
-        return
-    try:
-        head = model.get_submodule(classifier)
-    except AttributeError:
-        return
-    model.gctnet_classifier = classifier  # type: ignore[assignment]
-    if not hasattr(model, "num_classes") and isinstance(head, nn.Linear):
-        model.num_classes = head.out_features  # type: ignore[assignment]
-    if not callable(getattr(type(model), "get_classifier", None)):
-        model.get_classifier = types.MethodType(_get_classifier, model)  # type: ignore[assignment]
-
-
-# --------------------------------------------------------------------------------------------------
-# feature_info by probing
-# --------------------------------------------------------------------------------------------------
-def _candidates(model: nn.Module) -> List[Tuple[str, nn.Module, bool]]:
-    """(name, module, is_top_level): top-level children, and children of top-level Sequentials."""
-    out: List[Tuple[str, nn.Module, bool]] = []
-    for name, child in model.named_children():
-        if isinstance(child, nn.Sequential):
-            out += [(f"{name}.{sub}", m, False) for sub, m in child.named_children()]
-        out.append((name, child, True))
-    return out
-
-
-def probe_feature_info(model: nn.Module, input_size: Sequence[int]) -> Tuple[List[Dict[str, Any]], bool]:
-    """Find timm-style ``feature_info`` of ``model`` by one forward pass on a small random input.
-
-    Returns ``(feature_info, chain)``: ``feature_info`` lists, per stride (reduction), the last
-    candidate module producing an (N, C, H, W) map at that stride, before the global pool; ``chain`` is
-    True when the model's forward runs its top-level children one after the other (each on the previous
-    one's output) up to the last feature module, and every feature module is top-level (so timm's
-    ``FeatureListNet`` reproduces the forward).
-    """
-    c, h, w = (int(v) for v in input_size)
-    if h % 32 == 0 and w % 32 == 0:  # strides are exact: a small input gives the same reductions
-        h, w = min(h, _PROBE_MAX_SIZE), min(w, _PROBE_MAX_SIZE)
-    # else (e.g. Inception-v3 at 299, valid padding) probe at the nominal size: rounding is only right there
-    x = torch.randn(1, c, h, w)
-    records: List[Dict[str, Any]] = []
-    stop = [False]
-    handles = []
-
-    def hook(name: str, module: nn.Module, top: bool):
-        def fn(_m: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
-            if stop[0]:
-                return
-            if isinstance(module, _GLOBAL_POOLS):
-                stop[0] = True
-                return
-            records.append({"name": name, "top": top, "input": args[0] if args else None, "output": output})
-
-        return fn
-
-    for name, module, top in _candidates(model):
-        handles.append(module.register_forward_hook(hook(name, module, top)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-
-    by_reduction: Dict[int, Dict[str, Any]] = {}
-    for rec in records:
-        out = rec["output"]
-        if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] > 0):
-            continue
-        reduction = 2 ** round(math.log2(max(h / out.shape[-2], 1.0)))
-        if by_reduction and reduction < max(by_reduction):
-            continue  # keep reductions non-decreasing (timm's FeatureInfo requires it)
-        by_reduction[reduction] = {"module": rec["name"], "num_chs": int(out.shape[1]), "reduction": reduction,
-                                   "_top": rec["top"]}
-    info = [by_reduction[r] for r in sorted(by_reduction)]
-    if not info:
-        raise RuntimeError(f"{type(model).__name__}: found no (N, C, H, W) feature maps for features_only")
-
-    chain = all(f["_top"] for f in info)
-    if chain:
-        last = info[-1]["module"]
-        tops = [r for r in records if r["top"]]
-        children = [n for n, _ in model.named_children()]
-        expected = children[: children.index(last) + 1]
-        called = [r["name"] for r in tops[: len(expected)]]
-        chain = called == expected and tops[0]["input"] is x and all(
-            b["input"] is a["output"] for a, b in zip(tops[: len(expected)], tops[1: len(expected)])
-        )
-    for f in info:
-        del f["_top"]
-    return info, chain
-
-
-def _auto_feature_net(model: nn.Module, *, explicit_indices: bool = False, **feature_cfg: Any) -> nn.Module:
-    """``feature_cls`` for timm's builder: FeatureListNet for chain models, else FeatureHookNet.
-
-    Without an explicit ``out_indices`` every feature level is returned (timm's default (0, 1, 2, 3, 4)
-    assumes five levels; CIFAR ResNets have three).
-    """
-    from timm.models import FeatureHookNet, FeatureListNet
+def _feature_net(model: nn.Module, *, feature_cls: Any = None, explicit_indices: bool = False,
+                 **feature_cfg: Any) -> nn.Module:
+    """timm's ``feature_cls`` for a gctnet model: the user's choice (a name or a class) or the default
+    (``FeatureListNet`` for chain models, else ``FeatureGetterNet``).  Without an explicit
+    ``out_indices`` every feature level is returned (timm's default (0, 1, 2, 3, 4) assumes five
+    levels; CIFAR ResNets have three)."""
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+    from timm.models._features_fx import FeatureGraphNet
 
     levels = len(model.feature_info)
-    indices = feature_cfg.get("out_indices", tuple(range(levels)))
+    indices = feature_cfg.get("out_indices")
     if not explicit_indices:
         feature_cfg["out_indices"] = tuple(range(levels))
     elif isinstance(indices, (tuple, list)) and any(not -levels <= i < levels for i in indices):
@@ -206,41 +85,52 @@ def _auto_feature_net(model: nn.Module, *, explicit_indices: bool = False, **fea
             f"out_indices={tuple(indices)} out of range: this model has {levels} feature levels "
             f"(reductions {[f['reduction'] for f in model.feature_info]})"
         )
-    if getattr(model, "_gctnet_feature_chain", False):
-        return FeatureListNet(model, **feature_cfg)
-    return FeatureHookNet(model, no_rewrite=True, **feature_cfg)
+    names = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "fx": FeatureGraphNet,
+             "getter": FeatureGetterNet}
+    if feature_cls is None:
+        feature_cls = FeatureListNet if model.feature_chain else FeatureGetterNet
+    elif isinstance(feature_cls, str):
+        key = "hook" if "hook" in feature_cls.lower() else feature_cls.lower()
+        if key not in names:
+            raise ValueError(f"unknown feature_cls {feature_cls!r}; use one of {sorted(names)}")
+        feature_cls = names[key]
+    if isinstance(feature_cls, type) and issubclass(feature_cls, FeatureDictNet):
+        if not model.feature_chain:
+            raise ValueError(
+                f"feature_cls {feature_cls.__name__} runs the top-level modules one after the other, which is not "
+                f"what {type(model).__name__}'s forward does here; use feature_cls='getter' or 'hook'"
+            )
+        # VGG / MobileNetV2 levels sit inside their top-level `features` Sequential
+        feature_cfg.setdefault("flatten_sequential", any("." in f["module"] for f in model.feature_info))
+    elif isinstance(feature_cls, type) and issubclass(feature_cls, FeatureHookNet):
+        feature_cfg.setdefault("no_rewrite", True)  # hooks on the unchanged model: its own forward runs
+    return feature_cls(model, **feature_cfg)
 
 
 # --------------------------------------------------------------------------------------------------
 # building through timm
 # --------------------------------------------------------------------------------------------------
 def _pop_timm_options(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Remove timm's generic model options from ``kwargs``; return the BN settings to apply."""
+    """Remove timm's generic model options from ``kwargs``; return those to apply after building
+    (``bn_momentum``, ``bn_eps``, ``global_pool``)."""
     for key in ("drop_rate", "drop_path_rate", "drop_block_rate"):
         value = kwargs.pop(key, None)
         if value:
             raise ValueError(f"{name}: gctnet models have no {key} option (got {key}={value}); use 0 or leave it unset")
-    pool = kwargs.pop("global_pool", None)
-    if pool not in (None, "avg"):
-        raise ValueError(f"{name}: gctnet models use average pooling only (got global_pool={pool!r})")
-    return {k: kwargs.pop(k) for k in ("bn_momentum", "bn_eps") if kwargs.get(k) is not None}
+    return {k: kwargs.pop(k) for k in ("bn_momentum", "bn_eps", "global_pool") if kwargs.get(k) is not None}
 
 
-def _build(name: str, probe: bool, wd_policy: str, bn: Mapping[str, Any], **kwargs: Any) -> nn.Module:
-    entry = get_model_entry(name)
+def _build(name: str, options: Mapping[str, Any], **kwargs: Any) -> nn.Module:
     model = create_model(name, **kwargs)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if "bn_momentum" in bn:
-                m.momentum = bn["bn_momentum"]
-            if "bn_eps" in bn:
-                m.eps = bn["bn_eps"]
-    _add_classifier_api(model, entry.cfg.get("classifier"))
-    if probe:
-        c, h, w = entry.cfg.get("input_size", (3, 224, 224))
-        c = kwargs.get("in_chans", c)
-        model.feature_info, model._gctnet_feature_chain = probe_feature_info(model, (c, h, w))
-    return attach_no_weight_decay(model, wd_policy)
+            if "bn_momentum" in options:
+                m.momentum = options["bn_momentum"]
+            if "bn_eps" in options:
+                m.eps = options["bn_eps"]
+    if "global_pool" in options:
+        model.reset_classifier(model.num_classes, options["global_pool"])
+    return model
 
 
 def _filter_fn(name: str, family: str) -> Callable[[Mapping[str, Any], nn.Module], Dict[str, torch.Tensor]]:
@@ -270,17 +160,21 @@ def _make_entrypoint(entry: ModelEntry) -> Callable[..., nn.Module]:
                     f"gctnet ships no pretrained weights for {name!r}: pass pretrained_cfg_overlay="
                     "dict(file='path/to/checkpoint') (or use pretrained=False)"
                 )
+        from ..surgery import attach_no_weight_decay
+
         wd_policy = kwargs.pop("gct_wd_policy", "paper")
-        bn = _pop_timm_options(name, kwargs)
-        probe = bool(kwargs.get("features_only", False))
+        options = _pop_timm_options(name, kwargs)
+        feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+        feature_cfg["feature_cls"] = functools.partial(
+            _feature_net, feature_cls=kwargs.pop("feature_cls", feature_cfg.pop("feature_cls", None)),
+            explicit_indices="out_indices" in kwargs or "out_indices" in feature_cfg)
 
         def builder(**model_kwargs: Any) -> nn.Module:
-            return _build(name, probe, wd_policy, bn, **model_kwargs)
+            return _build(name, options, **model_kwargs)
 
         model = build_model_with_cfg(
             builder, name, pretrained,
-            feature_cfg={"feature_cls": functools.partial(_auto_feature_net,
-                                                          explicit_indices="out_indices" in kwargs)},
+            feature_cfg=feature_cfg,
             pretrained_filter_fn=_filter_fn(name, entry.family),
             **kwargs,
         )
@@ -295,6 +189,8 @@ def _make_entrypoint(entry: ModelEntry) -> Callable[..., nn.Module]:
 def _timm_cfg(entry: ModelEntry) -> Dict[str, Any]:
     cfg = {k: entry.cfg[k] for k in _CFG_KEYS if k in entry.cfg}
     cfg["input_size"] = tuple(cfg.get("input_size", (3, 224, 224)))
+    # forward_features' spatial size at input_size (ImageNet-style models reduce by 32)
+    cfg.setdefault("pool_size", tuple(math.ceil(s / 32) for s in cfg["input_size"][1:]))
     cfg.setdefault("crop_pct", 0.875)
     cfg.setdefault("interpolation", "bilinear")
     cfg["num_classes"] = entry.defaults.get("num_classes", 1000)
@@ -337,3 +233,67 @@ def register_all() -> List[str]:
         REGISTERED.append(name)
         new.append(name)
     return new
+
+
+# --------------------------------------------------------------------------------------------------
+# registration on timm's first import
+# --------------------------------------------------------------------------------------------------
+class _RegisterAfterExec:
+    """Wraps timm's loader: runs it, then registers gctnet's models (every other attribute is the
+    wrapped loader's)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _remove_finder()
+        _register_quietly()
+
+
+class _TimmFinder(importlib.abc.MetaPathFinder):
+    """A meta path finder that finds nothing itself: for ``timm`` it asks the other finders and wraps
+    the loader they return, so gctnet's models are registered as soon as ``import timm`` completes."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "timm":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisterAfterExec(spec.loader)
+                return spec
+        return None
+
+
+def _remove_finder() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TimmFinder)]
+
+
+def _register_quietly() -> None:
+    try:
+        register_all()
+    except Exception as exc:  # never break `import timm`
+        warnings.warn(f"gctnet could not register its models in timm: {exc!r}", stacklevel=2)
+
+
+def register_when_imported() -> None:
+    """Register gctnet's models in timm now if timm is imported, else right after its first import.
+
+    ``import gctnet`` calls this; it never imports timm itself, so users who do not use timm pay
+    nothing (a meta path finder that answers only for the name ``timm``).
+    """
+    if "timm" in sys.modules:
+        _register_quietly()
+    elif not any(isinstance(f, _TimmFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TimmFinder())

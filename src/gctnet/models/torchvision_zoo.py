@@ -104,6 +104,7 @@ class TorchvisionArch:
     first_conv: str  # dotted module path of the stem conv
     classifier: str  # dotted module path of the classifier layer
     input_size: Tuple[int, int, int] = (3, 224, 224)
+    pool_size: Tuple[int, int] = (7, 7)  # spatial size of forward_features at input_size
     crop_pct: float = 0.875
     defaults: Mapping[str, Any] = field(default_factory=dict)  # builder kwargs gctnet sets unless given
     stem_init: Callable[[Tensor], None] = _kaiming_fan_out  # init of a replaced stem conv (as the arch does)
@@ -117,6 +118,7 @@ class TorchvisionArch:
             "std": IMAGENET_STD,
             "first_conv": self.first_conv,
             "classifier": self.classifier,
+            "pool_size": self.pool_size,
             "crop_pct": self.crop_pct,
             "interpolation": "bilinear",
         }
@@ -138,6 +140,7 @@ ARCHS: Dict[str, TorchvisionArch] = {
         first_conv="Conv2d_1a_3x3.conv",
         classifier="fc",
         input_size=(3, 299, 299),
+        pool_size=(8, 8),
         defaults={"aux_logits": False, "init_weights": True},
         stem_init=_inception_init,
     ),
