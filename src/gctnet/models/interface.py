@@ -33,18 +33,14 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..gated_conv import _is_fx_tracing
+
 __all__ = ["ClassifierMixin", "ResNet", "VGG", "Inception3", "MobileNetV2", "adapt", "GLOBAL_POOLS"]
 
 #: the ``global_pool`` values gctnet models support ("" = no pooling, for a headless backbone)
 GLOBAL_POOLS = ("avg", "")
 
 FeatureInfo = List[Dict[str, Any]]
-
-
-def _is_fx_tracing() -> bool:
-    fx_trace = torch.fx._symbolic_trace
-    check = getattr(fx_trace, "is_fx_symbolic_tracing", None) or getattr(fx_trace, "is_fx_tracing", None)
-    return bool(check is not None and check())
 
 
 def _stride(module: nn.Module) -> int:
