@@ -178,7 +178,7 @@ def _attention_types() -> Tuple[type, ...]:
     ops = sys.modules.get("torchvision.ops.misc")
     if ops is not None:
         types.append(ops.SqueezeExcitation)
-    if "timm.layers" in sys.modules:
+    if sys.modules.get("timm.layers") is not None:
         from timm.layers import get_attn
 
         for key in TIMM_ATTENTION_KEYS:
