@@ -105,8 +105,9 @@ def _check_placement_and_backward(model: nn.Module, key: str, x: torch.Tensor) -
 # --------------------------------------------------------------------------------------------------
 def test_every_key_has_a_variant_of_every_resnet():
     names = set(list_models())
+    archs = [(f"resnet{d}", "cifar_resnet") for d in CIFAR_DEPTHS] + [(a, "torchvision") for a in TV_RESNETS]
     for key in ATTENTION_KEYS:
-        for arch, family in [(f"resnet{d}", "cifar_resnet") for d in CIFAR_DEPTHS] + [(a, "torchvision") for a in TV_RESNETS]:
+        for arch, family in archs:
             entry = get_model_entry(f"{key}_{arch}")
             assert (entry.attention, entry.family) == (key, family)
     assert not [n for n in names if n.split("_")[0] in LEFT_OUT]  # no sk_resnet20 etc.
@@ -121,7 +122,7 @@ def test_every_timm_attention_key_is_registered_or_left_out_with_a_reason():
     from timm.layers import get_attn
 
     timm_keys = set(re.findall(r"attn_type == '(\w+)'", inspect.getsource(get_attn)))
-    assert timm_keys == set(ATTENTION_KEYS) | set(LEFT_OUT)
+    assert timm_keys == set(ATTENTION_KEYS) | set(LEFT_OUT) and ATTENTION_KEYS == ("se", *TIMM_ATTENTION_KEYS)
     assert not set(ATTENTION_KEYS) & set(LEFT_OUT) and all(len(r) > 30 for r in LEFT_OUT.values())
     with pytest.raises(ValueError, match="SelectiveKernel is a multi-branch replacement"):
         get_attention("sk")

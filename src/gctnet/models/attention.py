@@ -87,9 +87,12 @@ def attention_block(
     """
     cls = _WITH_ATTENTION.get(block, block)
     if "attn_layer" not in inspect.signature(cls).parameters:
-        raise TypeError(f"{cls.__name__} takes no attn_layer; known blocks: {', '.join(c.__name__ for c in _WITH_ATTENTION)}")
+        known = ", ".join(c.__name__ for c in _WITH_ATTENTION)
+        raise TypeError(f"{cls.__name__} takes no attn_layer; blocks that do: {known}, gctnet's CIFAR BasicBlock")
     if attn_kwargs is not None and not isinstance(attn_kwargs, Mapping):
-        raise TypeError(f"attn_kwargs must be a mapping of the attention layer's options, got {type(attn_kwargs).__name__}")
+        raise TypeError(
+            f"attn_kwargs must be a mapping of the attention layer's options, got {type(attn_kwargs).__name__}"
+        )
     layer = get_attention(attn, what=what)
     if attn_kwargs:
         layer = functools.partial(layer, **attn_kwargs)

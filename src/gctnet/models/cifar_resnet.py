@@ -150,7 +150,9 @@ class CifarResNet(ClassifierMixin, nn.Module):
         self._init_interface()
 
     @staticmethod
-    def _make_stage(block: Callable[..., BasicBlock], in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_stage(
+        block: Callable[..., BasicBlock], in_planes: int, planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
         layers = [block(in_planes, planes, stride)]
         layers += [block(planes, planes, 1) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
