@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 OUR_FAMILIES = ("cifar_resnet", "torchvision")
-OUR_MODELS = [n for n in list_models("*") if get_model_entry(n).family in OUR_FAMILIES]
+# plain, se_, gct_, gct_..._block (the other <attn>_ variants, timm's layers, are tested in test_attention.py)
+OUR_MODELS = [n for n in list_models("*") if get_model_entry(n).family in OUR_FAMILIES
+              and get_model_entry(n).attention in ("", "se")]
 
 # smallest convenient spatial size per architecture (inception_v3 needs >= 75)
 def _size(name: str) -> int:
@@ -51,6 +53,8 @@ def test_expected_names_are_registered():
     assert sorted(expected) == sorted(OUR_MODELS)
     # SE and block variants only where residual blocks exist
     assert "se_vgg16_bn" not in list_models() and "gct_mobilenet_v2_block" not in list_models()
+    assert {get_model_entry(n).attention for n in OUR_MODELS} == {"", "se"}
+    assert all(get_model_entry(n).attention == "se" for n in OUR_MODELS if n.startswith("se_"))
 
 
 @pytest.mark.parametrize("name", OUR_MODELS)

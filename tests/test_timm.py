@@ -24,8 +24,12 @@ from gctnet.models import create_model, get_model_entry, list_models, timm_bridg
 pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 timm_bridge.register_all()  # (import gctnet did it already when timm was imported first: then a no-op)
-# gctnet's built-in classifiers (other test modules register models of their own, family "")
-NAMES = sorted(n for n in timm_bridge.REGISTERED if get_model_entry(n).family)
+# gctnet's built-in classifiers (other test modules register models of their own, family ""); of the
+# <attn>_ variants of timm's attention layers (test_attention.py builds them all) one per ResNet family and
+# block type
+RIVALS = ["cbam_resnet20", "eca_resnet18", "coord_resnet50"]
+NAMES = sorted(n for n in timm_bridge.REGISTERED if get_model_entry(n).family
+               and (get_model_entry(n).attention in ("", "se") or n in RIVALS))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,8 +1,9 @@
-"""Register an architecture's ``[se_|gct_]<arch>[_block]`` variants in one call.
+"""Register an architecture's ``[<attn>_|gct_]<arch>[_block]`` variants in one call.
 
 ``gct_`` variants are the plain model passed through :func:`gctnet.surgery.apply_gct` (GCT before every
-conv, or one per residual block for ``_block``); the surgery is never duplicated here.  ``se_`` variants
-need their own builder because SE changes the blocks themselves.
+conv, or one per residual block for ``_block``); the surgery is never duplicated here.  ``<attn>_``
+variants (``se_``, ``eca_``, ``cbam_``, ... one per key of :data:`gctnet.attention.ATTENTION_KEYS`) need
+the architecture's own builder with the attention in its blocks (:mod:`gctnet.models.attention`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from torch import nn
 
+from ..attention import ATTENTION_KEYS
 from .registry import register_model
 
 __all__ = ["register_variants", "gct_builder"]
@@ -51,10 +53,10 @@ def register_variants(
     family: str,
     cfg: Mapping[str, Any],
     defaults: Optional[Mapping[str, Any]] = None,
-    build_se: Optional[Builder] = None,
+    attention: Optional[Callable[[str], Builder]] = None,
     block: bool = False,
 ) -> Dict[str, Builder]:
-    """Register ``arch``, ``gct_<arch>``, and optionally ``se_<arch>`` and ``gct_<arch>_block``.
+    """Register ``arch``, ``gct_<arch>``, and optionally ``<attn>_<arch>`` and ``gct_<arch>_block``.
 
     Args:
         arch: base name, e.g. ``"resnet20"``.
@@ -62,17 +64,23 @@ def register_variants(
         family: registry family tag shared by all variants.
         cfg: model config (input_size, mean, std, first_conv, classifier); copied per variant.
         defaults: default builder arguments (num_classes, in_chans).
-        build_se: builder of the SE variant (registered as ``se_<arch>`` when given).
+        attention: ``key -> builder`` of the block-attention variants: when given, ``<key>_<arch>`` is
+            registered for every key of :data:`~gctnet.attention.ATTENTION_KEYS` (``se``, ``eca``, ...),
+            with the entry's ``attention`` set to the key.
         block: also register ``gct_<arch>_block`` (one GCT per residual block).
 
     Returns:
         ``{name: builder}`` of what was registered.
     """
     builders: Dict[str, Builder] = {arch: build, f"gct_{arch}": gct_builder(build, "all", f"gct_{arch}")}
-    if build_se is not None:
-        builders[f"se_{arch}"] = build_se
+    attentions: Dict[str, str] = {}
+    if attention is not None:
+        for key in ATTENTION_KEYS:
+            builders[f"{key}_{arch}"] = attention(key)
+            attentions[f"{key}_{arch}"] = key
     if block:
         builders[f"gct_{arch}_block"] = gct_builder(build, "block", f"gct_{arch}_block")
     for name, fn in builders.items():
-        register_model(name, fn, defaults=dict(defaults or {}), cfg=dict(cfg), family=family)
+        register_model(name, fn, defaults=dict(defaults or {}), cfg=dict(cfg), family=family,
+                       attention=attentions.get(name, ""))
     return builders

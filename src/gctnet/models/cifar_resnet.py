@@ -8,23 +8,28 @@ in ``gct_`` models), identity otherwise.
 Registered names (family ``"cifar_resnet"``), for depth in 20, 32, 44, 56, 110:
 
 * ``resnet<depth>``          plain
-* ``se_resnet<depth>``       SE (reduction 16, hidden width >= 8) on each block's residual branch,
-  after ``bn2`` and before the addition
+* ``<attn>_resnet<depth>``   block attention on each block's residual branch, after ``bn2`` and before
+  the addition, for every key of :data:`gctnet.attention.ATTENTION_KEYS`: ``se_`` (gctnet's SE:
+  reduction 16, hidden width >= 8; no timm needed), ``eca_``, ``cbam_``, ... (timm's layers)
 * ``gct_resnet<depth>``      GCT before every conv (stem, block and shortcut convs)
 * ``gct_resnet<depth>_block`` one GCT per block (before its first conv)
 
 Builder arguments: ``num_classes`` (default 10), ``in_chans`` (default 3; 1 for Fashion-MNIST),
 ``width`` (channel multiplier, default 1), ``zero_init_residual`` (default False).  ``gct_`` variants
-also accept ``gct_kwargs`` (a mapping forwarded to :func:`gctnet.surgery.apply_gct`).
+also accept ``gct_kwargs`` (a mapping forwarded to :func:`gctnet.surgery.apply_gct`), ``<attn>_``
+variants ``attn_kwargs`` (a mapping forwarded to the attention layer).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from ..attention import AttentionSpec, get_attention
 from ._variants import register_variants
+from .attention import attention_block, reset_attention
 from .interface import ClassifierMixin, FeatureInfo, _levels
 from .se import SE_REDUCTION, make_se
 
@@ -51,22 +56,25 @@ def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a residual connection (optionally SE on the residual branch).
+    """Two 3x3 conv-BN layers with a residual connection (optionally attention on the residual branch).
 
     Attributes ``conv1, bn1, conv2, bn2`` and ``shortcut`` (``nn.Sequential(conv1x1, BN)`` when the
-    shape changes, else ``nn.Identity``); ``se`` is ``None`` unless ``se_reduction`` is given.
+    shape changes, else ``nn.Identity``); ``se`` is ``attn_layer(planes)``, applied after ``bn2`` and
+    before the addition, or ``None`` without ``attn_layer``.
     """
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, se_reduction: Optional[int] = None) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, *, attn_layer: Optional[Callable[[int], nn.Module]] = None
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.se: Optional[nn.Module] = make_se(planes, se_reduction) if se_reduction else None
+        self.se: Optional[nn.Module] = attn_layer(planes) if attn_layer is not None else None
         if stride != 1 or in_planes != planes:
             self.shortcut: nn.Module = nn.Sequential(
                 nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
@@ -95,7 +103,9 @@ class CifarResNet(ClassifierMixin, nn.Module):
         num_classes: classifier outputs.
         in_chans: input channels (the stem conv's ``in_channels``).
         width: multiplier of the stage widths 16/32/64 (e.g. 2 or 0.5); every width stays >= 1.
-        se_reduction: if given, an SE module with this reduction ratio in every block.
+        attn_layer: block attention in every block (after ``bn2``): a key such as ``"se"`` or ``"eca"``
+            or a layer class (:func:`gctnet.attention.get_attention`); None: plain blocks.
+        attn_kwargs: keyword arguments of the attention layer.
         zero_init_residual: initialise each block's last BN weight to 0 (block starts as identity).
     """
 
@@ -106,7 +116,8 @@ class CifarResNet(ClassifierMixin, nn.Module):
         in_chans: int = 3,
         width: float = 1,
         *,
-        se_reduction: Optional[int] = None,
+        attn_layer: Optional[AttentionSpec] = None,
+        attn_kwargs: Optional[Mapping[str, Any]] = None,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -125,23 +136,25 @@ class CifarResNet(ClassifierMixin, nn.Module):
         self.conv1 = _conv3x3(in_chans, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
+        block = BasicBlock if attn_layer is None else attention_block(BasicBlock, attn_layer, attn_kwargs)
         in_planes = widths[0]
         stages = []
         for i, planes in enumerate(widths):
-            stages.append(self._make_stage(in_planes, planes, blocks_per_stage, 1 if i == 0 else 2, se_reduction))
+            stages.append(self._make_stage(block, in_planes, planes, blocks_per_stage, 1 if i == 0 else 2))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
         self._init_weights(zero_init_residual)
+        reset_attention(self)
         self._init_interface()
 
     @staticmethod
     def _make_stage(
-        in_planes: int, planes: int, blocks: int, stride: int, se_reduction: Optional[int]
+        block: Callable[..., BasicBlock], in_planes: int, planes: int, blocks: int, stride: int
     ) -> nn.Sequential:
-        layers = [BasicBlock(in_planes, planes, stride, se_reduction=se_reduction)]
-        layers += [BasicBlock(planes, planes, 1, se_reduction=se_reduction) for _ in range(blocks - 1)]
+        layers = [block(in_planes, planes, stride)]
+        layers += [block(planes, planes, 1) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -172,31 +185,51 @@ def cifar_resnet(
     *,
     se: bool = False,
     se_reduction: int = SE_REDUCTION,
+    attn_layer: Optional[AttentionSpec] = None,
+    attn_kwargs: Optional[Mapping[str, Any]] = None,
     zero_init_residual: bool = False,
 ) -> CifarResNet:
-    """Build a CIFAR-style ResNet (see :class:`CifarResNet`); ``se=True`` adds SE to every block."""
+    """Build a CIFAR-style ResNet (see :class:`CifarResNet`).
+
+    ``se=True`` adds gctnet's SE (reduction ``se_reduction``) to every block; ``attn_layer`` any block
+    attention (a key such as ``"eca"``, ``"cbam"``, ``"gct"``, or a layer class).
+    """
+    if se:
+        if attn_layer is not None:
+            raise ValueError("give either se=True or attn_layer, not both")
+        attn_layer = functools.partial(make_se, reduction=se_reduction)
     return CifarResNet(
         depth,
         num_classes,
         in_chans,
         width,
-        se_reduction=se_reduction if se else None,
+        attn_layer=attn_layer,
+        attn_kwargs=attn_kwargs,
         zero_init_residual=zero_init_residual,
     )
 
 
-def _depth_builder(depth: int, se: bool) -> Any:
-    name = f"{'se_' if se else ''}resnet{depth}"
+def _depth_builder(depth: int, attn: Optional[str] = None) -> Any:
+    name = f"{attn + '_' if attn else ''}resnet{depth}"
 
     def build(num_classes: int = 10, in_chans: int = 3, width: float = 1, **kwargs: Any) -> CifarResNet:
-        if "se" in kwargs or "depth" in kwargs:
+        fixed = sorted({"depth", "se", "se_reduction", "attn_layer"} & set(kwargs))
+        if fixed:
             raise TypeError(
-                f"{name}: 'depth' and 'se' are fixed by the model name; use cifar_resnet(...) to choose them"
+                f"{name}: {', '.join(map(repr, fixed))} fixed by the model name; use "
+                "gctnet.models.cifar_resnet.cifar_resnet(...) to choose depth and attention"
             )
-        return cifar_resnet(depth, num_classes, in_chans, width, se=se, **kwargs)
+        if attn is None and "attn_kwargs" in kwargs:
+            raise TypeError(f"{name} has no block attention to take attn_kwargs (an <attn>_{name} model has)")
+        if attn is not None:  # resolved here, so a missing timm is reported with the model name
+            kwargs["attn_layer"] = get_attention(attn, what=name)
+        return cifar_resnet(depth, num_classes, in_chans, width, **kwargs)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR-style ResNet-{depth}{' with SE blocks' if se else ''} (see gctnet.models.cifar_resnet)."
+    build.__doc__ = (
+        f"CIFAR-style ResNet-{depth}{f' with {attn!r} attention in every block' if attn else ''} "
+        "(see gctnet.models.cifar_resnet)."
+    )
     return build
 
 
@@ -204,8 +237,8 @@ def _register(depths: Sequence[int] = CIFAR_DEPTHS) -> None:
     for depth in depths:
         register_variants(
             f"resnet{depth}",
-            _depth_builder(depth, se=False),
-            build_se=_depth_builder(depth, se=True),
+            _depth_builder(depth),
+            attention=functools.partial(_depth_builder, depth),
             block=True,
             family="cifar_resnet",
             cfg=CIFAR_CFG,

@@ -1,8 +1,10 @@
 """Model registry: ``register_model``, ``create_model``, ``list_models``.
 
 Builders are plain functions ``fn(num_classes=..., in_chans=..., **kwargs) -> nn.Module`` registered under
-a name following ``[se_|gct_]<arch>[_block]``.  Each entry carries a small config (input size, mean/std,
-first conv and classifier names) that the timm bridge and the CLI use.
+a name following ``[<attn>_|gct_]<arch>[_block]`` (``<attn>``: a block-attention key such as ``se`` or
+``eca``, see :mod:`gctnet.models.attention`).  Each entry carries a small config (input size, mean/std,
+first conv and classifier names) that the timm bridge and the CLI use, and the block attention of
+``<attn>_<arch>`` variants.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ModelEntry:
     # metadata for tools (timm pretrained_cfg, CLI): input_size (C, H, W), mean, std, first_conv, classifier
     cfg: Dict[str, Any] = field(default_factory=dict)
     family: str = ""  # e.g. "cifar_resnet", "torchvision", "official", "detection", "video"
+    # block-attention key of an ``<attn>_<arch>`` variant ("se", "eca", "cbam", ...); "" for the others
+    attention: str = ""
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
@@ -38,13 +42,14 @@ def register_model(
     defaults: Optional[Dict[str, Any]] = None,
     cfg: Optional[Dict[str, Any]] = None,
     family: str = "",
+    attention: str = "",
 ):
     """Register ``fn`` under ``name``; usable as ``register_model(name, fn)`` or as a decorator."""
 
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name].fn is not f:
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, f, dict(defaults or {}), dict(cfg or {}), family)
+        _REGISTRY[name] = ModelEntry(name, f, dict(defaults or {}), dict(cfg or {}), family, attention)
         return f
 
     return deco(fn) if fn is not None else deco

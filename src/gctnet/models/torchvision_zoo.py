@@ -1,4 +1,4 @@
-"""ImageNet architectures from :mod:`torchvision.models`, as plain, ``se_``, ``gct_`` and ``gct_..._block``.
+"""ImageNet architectures from :mod:`torchvision.models`, as plain, ``<attn>_``, ``gct_`` and ``gct_..._block``.
 
 Plain models come straight from torchvision's builders (``weights=None``: nothing is ever downloaded),
 so torchvision checkpoints a user has on disk load into them, and into the ``gct_`` variants via
@@ -7,9 +7,11 @@ so torchvision checkpoints a user has on disk load into them, and into the ``gct
 Registered names (family ``"torchvision"``):
 
 ============================  ==========================================================================
-``resnet18/34/50/101/152``,   plain, ``se_`` (SE-ResNet: SE on the output of each block's last BN, before
-``resnext50_32x4d``           the addition), ``gct_`` (GCT before every conv, stem and downsample convs
-                              included) and ``gct_<arch>_block`` (one GCT per residual block)
+``resnet18/34/50/101/152``,   plain, ``<attn>_`` (block attention on the output of each block's last BN,
+``resnext50_32x4d``           before the addition: ``se_`` = SE-ResNet, ``eca_``, ``cbam_``, ... one per
+                              key of :data:`gctnet.attention.ATTENTION_KEYS`), ``gct_`` (GCT before every
+                              conv, stem and downsample convs included) and ``gct_<arch>_block`` (one GCT
+                              per residual block)
 ``vgg16_bn``,                 plain and ``gct_``
 ``inception_v3``,             (``inception_v3``: ``aux_logits=False`` and ``init_weights=True`` unless
 ``mobilenet_v2``              given; nominal input 299x299, any size >= 75 works)
@@ -18,11 +20,13 @@ Registered names (family ``"torchvision"``):
 Builder arguments: ``num_classes`` (default 1000; replaces the classifier), ``in_chans`` (default 3; any
 other value replaces the stem conv by a freshly initialised one with that many input channels, and a
 ``gct_`` model's stem GCT follows), plus any keyword of the torchvision builder (e.g.
-``zero_init_residual=True``, ``width_mult=0.5``).  ``gct_`` variants also take ``gct_kwargs``.
+``zero_init_residual=True``, ``width_mult=0.5``).  ``gct_`` variants also take ``gct_kwargs``, ``<attn>_``
+variants ``attn_kwargs`` (options of the attention layer).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -31,59 +35,19 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..attention import AttentionSpec
 from ..data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from ._variants import register_variants
-from .se import SE_REDUCTION, make_se
+from .attention import attention_block, reset_attention
 
 __all__ = [
-    "SEBasicBlock",
-    "SEBottleneck",
     "ARCHS",
     "TorchvisionArch",
     "build_torchvision",
+    "build_attn_resnet",
     "build_se_resnet",
     "replace_stem",
 ]
-
-
-
-# --------------------------------------------------------------------------------------------------
-# SE-ResNet blocks: torchvision's blocks + SE on the last BN's output, before the residual addition
-# --------------------------------------------------------------------------------------------------
-class SEBasicBlock(BasicBlock):
-    """torchvision :class:`~torchvision.models.resnet.BasicBlock` with SE after ``bn2`` (attribute ``se``)."""
-
-    se_reduction = SE_REDUCTION
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.se = make_se(self.bn2.num_features, self.se_reduction)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.se(self.bn2(self.conv2(out)))
-        return self.relu(out + identity)
-
-
-class SEBottleneck(Bottleneck):
-    """torchvision :class:`~torchvision.models.resnet.Bottleneck` with SE after ``bn3`` (attribute ``se``)."""
-
-    se_reduction = SE_REDUCTION
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.se = make_se(self.bn3.num_features, self.se_reduction)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.se(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
-
-
-_SE_BLOCKS: Dict[type, type] = {BasicBlock: SEBasicBlock, Bottleneck: SEBottleneck}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +72,7 @@ class TorchvisionArch:
     crop_pct: float = 0.875
     defaults: Mapping[str, Any] = field(default_factory=dict)  # builder kwargs gctnet sets unless given
     stem_init: Callable[[Tensor], None] = _kaiming_fan_out  # init of a replaced stem conv (as the arch does)
-    # ResNet family only: (block, layers, fixed kwargs) for the SE variant and gct_..._block
+    # ResNet family only: (block, layers, fixed kwargs) for the <attn>_ variants and gct_..._block
     resnet: Optional[Tuple[Type[Union[BasicBlock, Bottleneck]], Sequence[int], Mapping[str, Any]]] = None
 
     def cfg(self) -> Dict[str, Any]:
@@ -214,15 +178,33 @@ def build_torchvision(name: str, num_classes: int = 1000, in_chans: int = 3, **k
     return _finish(name, arch, model, in_chans)
 
 
-def build_se_resnet(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> ResNet:
-    """SE-ResNet/ResNeXt: torchvision's :class:`ResNet` with SE blocks (SE after the last BN of each block)."""
+def build_attn_resnet(
+    name: str,
+    attn: AttentionSpec,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    *,
+    attn_kwargs: Optional[Mapping[str, Any]] = None,
+    **kwargs: Any,
+) -> ResNet:
+    """torchvision's :class:`ResNet` for ResNet/ResNeXt ``name`` with block attention ``attn`` (a key such as
+    ``"se"`` or ``"eca"``, or a layer class) after the last BN of every block, before the addition."""
     arch = _arch(name)
     if arch.resnet is None:
-        raise ValueError(f"{name} is not a ResNet-family architecture; SE variants exist for {sorted(_resnet_names())}")
-    kwargs = _without_weights(f"se_{name}", kwargs)
+        raise ValueError(
+            f"{name} is not a ResNet-family architecture; attention variants exist for {sorted(_resnet_names())}"
+        )
+    label = f"{attn}_{name}" if isinstance(attn, str) else name
+    kwargs = _without_weights(label, kwargs)
     block, layers, fixed = arch.resnet
-    model = ResNet(_SE_BLOCKS[block], list(layers), num_classes=num_classes, **{**fixed, **kwargs})
-    return _finish(f"se_{name}", arch, model, in_chans)  # type: ignore[return-value]
+    model = ResNet(attention_block(block, attn, attn_kwargs, what=label), list(layers), num_classes=num_classes,
+                   **{**fixed, **kwargs})
+    return _finish(label, arch, reset_attention(model), in_chans)  # type: ignore[return-value]
+
+
+def build_se_resnet(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> ResNet:
+    """SE-ResNet/ResNeXt: :func:`build_attn_resnet` with gctnet's SE (``"se"``)."""
+    return build_attn_resnet(name, "se", num_classes, in_chans, **kwargs)
 
 
 def _arch(name: str) -> TorchvisionArch:
@@ -245,6 +227,17 @@ def _named(fn: Callable[..., nn.Module], name: str, doc: str) -> Callable[..., n
     return build
 
 
+def _attention_builder(name: str, key: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+        if "attn" in kwargs:
+            raise TypeError(f"{key}_{name}: 'attn' is fixed by the model name; use build_attn_resnet(...) to choose it")
+        return build_attn_resnet(name, key, num_classes, in_chans, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"{key}_{name}"
+    build.__doc__ = f"{name} with {key!r} block attention after each block's last BN (torchvision's ResNet)."
+    return build
+
+
 def _register() -> None:
     for name, arch in ARCHS.items():
         plain = _named(
@@ -252,17 +245,10 @@ def _register() -> None:
             name,
             f"torchvision.models.{name}(weights=None) with num_classes/in_chans handling.",
         )
-        se = None
-        if arch.resnet is not None:
-            se = _named(
-                lambda n=name, **kw: build_se_resnet(n, **kw),
-                f"se_{name}",
-                f"SE-{name}: torchvision's {name} with an SE module after each block's last BN.",
-            )
         register_variants(
             name,
             plain,
-            build_se=se,
+            attention=functools.partial(_attention_builder, name) if arch.resnet is not None else None,
             block=arch.resnet is not None,
             family="torchvision",
             cfg=arch.cfg(),
