@@ -177,14 +177,26 @@ def test_errors():
 def test_format_table():
     rows = [
         ModelInfo("a", (3, 8, 8), 1000, 0, 0, 2_000_000, 0, 0, 1024.0),
-        ModelInfo("gct_a", (3, 8, 8), 1010, 10, 2, 2_200_000, 200_000, 100_000, 2048.0),
+        ModelInfo("gct_a", (3, 8, 8), 1010, 10, 2, 2_200_000, 200_000, 100_000, 2048.0, attn_params=10, attn_macs=200_000),
     ]
     text = format_table(rows)
     assert "gct_a" in text and "+1.00%" in text and "+10.00%" in text and "+100.00%" in text
-    assert "2 per GCT input element" in text
+    assert "2 per input element of every attention module" in text and "0.20" in text  # attention MMACs
     md = format_table(rows, markdown=True).splitlines()
     assert md[0].startswith("| model |") and md[1].startswith("| --- |") and md[3].startswith("| gct_a |")
     assert "vs 1st" not in format_table(rows[:1])  # no self-comparison for a single model
+
+
+def test_attention_modules_are_charged_alike():
+    """SE and the other attention modules pay 2 MACs per input element (pooling + scaling) as GCT does,
+    on top of their own convs; attn_params counts their parameters."""
+    plain, se, gct_block = (model_info(n, (1, 16, 16)) for n in ("resnet20", "se_resnet20", "gct_resnet20_block"))
+    assert plain.attn_params == plain.attn_macs == 0
+    assert se.attn_params == se.params - plain.params and se.attn_macs > 0
+    assert gct_block.attn_params == gct_block.gct_params and gct_block.attn_macs == gct_block.gct_macs
+    # every SE reads its block's residual-branch output: 9 blocks, 2 MACs per element
+    assert se.attn_macs == 2 * 16 * 16 * (3 * 16 + 3 * 32 / 4 + 3 * 64 / 16)
+    assert se.macs - plain.macs > se.attn_macs  # plus its FC convs
 
 
 def test_cli_info(capsys):

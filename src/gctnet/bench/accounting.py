@@ -1,22 +1,29 @@
-"""Cost accounting of a model: parameters, MACs with GCT counted, GCT activation traffic, saved memory.
+"""Cost accounting of a model: parameters, MACs with attention counted, GCT activation traffic, saved memory.
 
 Stock counters (fvcore, ptflops, thop, ``torch.utils.flop_counter.FlopCounterMode``) report 0 FLOPs for
-GCT, which hides its real cost.  :func:`model_info` counts:
+GCT and for the pooling and scaling of every channel-attention module, which hides their real cost.
+:func:`model_info` counts:
 
 * ``macs``: multiply-accumulates per image = conv/linear MACs (``FlopCounterMode`` FLOPs / 2, on an
-  eval-mode forward) **plus** ``gct_macs``.
-* ``gct_macs``: analytic, **2 MACs per input element of every GCT** -- one for the sum of squares (the
-  l2 embedding) and one for the scaling ``x * gate``; the O(N*C) per-channel math (sqrt, normalisation,
-  tanh) is ignored.  So ``gct_macs = 2 * gct_activation_elements``.  Anything ``FlopCounterMode`` might
-  attribute to GCT modules themselves is removed first, so nothing is counted twice.
+  eval-mode forward) **plus** ``attn_macs``.
+* ``attn_macs``: analytic, **2 MACs per input element of every channel-attention module**
+  (:func:`gctnet.attention.attention_modules`: GCT, SE and timm's attention layers) -- one for the
+  reduction over space (GCT's sum of squares, SE's/ECA's average pool) and one for the scaling
+  ``x * gate``; the O(N*C) per-channel math is ignored, and the convs/linears inside a module (SE's two
+  FC convs, ECA's 1-D conv, CBAM's 7x7 conv) are in the conv/linear part.  The same rule for every
+  module, so GCT and its rivals are charged alike.
+* ``gct_macs``: the GCT part of ``attn_macs`` (``2 * gct_activation_elements``).  Anything
+  ``FlopCounterMode`` might attribute to GCT modules themselves is removed first, so nothing is counted
+  twice.
+* ``attn_params``: parameters of the attention modules (``gct_params`` for GCT models).
 * ``gct_activation_elements``: elements per image that GCT layers read (their inputs, ``C * H * W``
   each); each is also written once by the scaling.  This, not the MACs, is what GCT costs on real
   hardware: it is memory-bound.
 * ``saved_bytes_per_image``: bytes autograd keeps for backward during a train-mode forward, parameters
   and buffers excluded (:func:`gctnet.bench.memory.saved_tensor_bytes`), divided by the batch size.
 
-Like every standard counter, element-wise work outside GCT (BN, ReLU, pooling, residual additions, SE's
-pooling and scaling) is not included in ``macs``; SE's two small FC convs are.
+Like every standard counter, element-wise work outside attention (BN, ReLU, pooling, residual additions)
+is not included in ``macs``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = ["ModelInfo", "model_info", "compare_models", "format_table", "parse_i
 
 DEFAULT_INPUT_SIZE: Tuple[int, int, int] = (3, 224, 224)
 GCT_MACS_PER_ELEMENT = 2  # sum of squares + scaling
+ATTN_MACS_PER_ELEMENT = 2  # spatial reduction + scaling, for every attention module
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,12 @@ class ModelInfo(_MappingABC):
     params: int
     gct_params: int
     gct_modules: int
-    macs: int  # conv/linear MACs + gct_macs
+    macs: int  # conv/linear MACs + attn_macs
     gct_macs: int
     gct_activation_elements: int
     saved_bytes_per_image: float
+    attn_params: int = 0  # parameters of the channel-attention modules (GCT, SE, timm's layers)
+    attn_macs: int = 0  # element-wise attention MACs (gct_macs included)
 
     # Mapping protocol, so the result is also usable where a dict is expected
     def __getitem__(self, key: str) -> Any:
@@ -112,20 +122,23 @@ def _build(
     return model, size, model_or_name
 
 
-def _eval_counts(model: nn.Module, x: torch.Tensor, gct_named: List[Tuple[str, GCT]]) -> Tuple[int, int]:
-    """One eval forward: (conv/linear MACs, GCT input elements) for the whole batch.
+def _eval_counts(model: nn.Module, x: torch.Tensor, gct_named: List[Tuple[str, GCT]],
+                 attn_named: List[Tuple[str, nn.Module]]) -> Tuple[int, int, int]:
+    """One eval forward: (conv/linear MACs, GCT input elements, attention input elements) for the batch.
 
     MACs are ``FlopCounterMode`` FLOPs / 2, minus anything it attributes to GCT modules (so a future
-    GCT kernel with a registered flop formula is not counted twice); GCT elements come from forward
-    pre-hooks on the GCT modules.
+    GCT kernel with a registered flop formula is not counted twice); input elements come from forward
+    pre-hooks.
     """
-    elements = 0
+    elements = {"gct": 0, "attn": 0}
 
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        nonlocal elements
-        elements += args[0].numel()
+    def hook(kind: str):
+        def count(module: nn.Module, args: Tuple[Any, ...]) -> None:
+            elements[kind] += args[0].numel()
+        return count
 
-    handles = [m.register_forward_pre_hook(hook) for _, m in gct_named]
+    handles = [m.register_forward_pre_hook(hook("gct")) for _, m in gct_named]
+    handles += [m.register_forward_pre_hook(hook("attn")) for _, m in attn_named]
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
@@ -136,7 +149,7 @@ def _eval_counts(model: nn.Module, x: torch.Tensor, gct_named: List[Tuple[str, G
     total = sum(counts.get("Global", {}).values())
     root = type(model).__name__
     inside_gct = sum(sum(counts.get(f"{root}.{n}", {}).values()) for n, _ in gct_named)
-    return (total - inside_gct) // 2, elements
+    return (total - inside_gct) // 2, elements["gct"], elements["attn"]
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -193,27 +206,33 @@ def model_info(
         device, dtype = torch.device("cpu"), torch.get_default_dtype()
     x = torch.randn(batch_size, *size, device=device, dtype=dtype)
 
+    from ..attention import attention_modules, attention_params
+
     gct_named = [(n, m) for n, m in model.named_modules() if isinstance(m, GCT)]
+    attn_named = attention_modules(model)
     was_training = model.training
     try:
         model.eval()
-        conv_macs, gct_elements = _eval_counts(model, x, gct_named)
+        conv_macs, gct_elements, attn_elements = _eval_counts(model, x, gct_named, attn_named)
         saved = _saved_bytes(model, x)
     finally:
         model.train(was_training)
 
     elements_per_image = gct_elements // batch_size
     gct_macs = GCT_MACS_PER_ELEMENT * elements_per_image
+    attn_macs = ATTN_MACS_PER_ELEMENT * (attn_elements // batch_size)
     return ModelInfo(
         name=name,
         input_size=tuple(size),
         params=sum(p.numel() for p in model.parameters()),
         gct_params=sum(p.numel() for _, m in gct_named for p in m.parameters(recurse=False)),
         gct_modules=len(gct_named),
-        macs=conv_macs // batch_size + gct_macs,
+        macs=conv_macs // batch_size + attn_macs,
         gct_macs=gct_macs,
         gct_activation_elements=elements_per_image,
         saved_bytes_per_image=saved / batch_size,
+        attn_params=attention_params(model),
+        attn_macs=attn_macs,
     )
 
 
@@ -242,7 +261,7 @@ def format_table(rows: Sequence[ModelInfo], markdown: bool = False) -> str:
         raise ValueError("format_table needs at least one row")
     base = rows[0]
     header = [
-        "model", "input", "params", "GCT params", "GCTs", "GMACs", "GCT MMACs",
+        "model", "input", "params", "attn params", "GCTs", "GMACs", "attn MMACs",
         "GCT act. (M elem)", "saved MB/img", "params vs 1st", "MACs vs 1st", "saved vs 1st",
     ]  # fmt: skip
     table = [header]
@@ -251,10 +270,10 @@ def format_table(rows: Sequence[ModelInfo], markdown: bool = False) -> str:
             r.name,
             "x".join(str(s) for s in r.input_size),
             f"{r.params:,}",
-            f"{r.gct_params:,}",
+            f"{r.attn_params:,}",
             str(r.gct_modules),
             f"{r.macs / 1e9:.3f}",
-            f"{r.gct_macs / 1e6:.2f}",
+            f"{r.attn_macs / 1e6:.2f}",
             f"{r.gct_activation_elements / 1e6:.2f}",
             f"{r.saved_bytes_per_image / 2**20:.1f}",
             _pct(r.params, base.params),
@@ -264,8 +283,9 @@ def format_table(rows: Sequence[ModelInfo], markdown: bool = False) -> str:
     if len(rows) == 1:  # comparisons with itself say nothing
         table = [row[:-3] for row in table]
     notes = (
-        "MACs = conv/linear MACs (FlopCounterMode FLOPs / 2) + GCT MACs "
-        f"({GCT_MACS_PER_ELEMENT} per GCT input element: sum of squares + scaling); per image."
+        "MACs = conv/linear MACs (FlopCounterMode FLOPs / 2) + attention MACs "
+        f"({ATTN_MACS_PER_ELEMENT} per input element of every attention module -- GCT, SE, timm's layers: "
+        "reduction over space + scaling); per image."
     )
     if markdown:
         align = ["---"] + ["---:"] * (len(table[0]) - 1)
