@@ -35,6 +35,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .errors import CompareError
 from .fileio import atomic_write_text
 from .runs import (
     check_recipe,
@@ -75,8 +76,6 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-class CompareError(ValueError):
-    """Invalid comparison settings, or an output folder holding runs made with other settings."""
 
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20_block")

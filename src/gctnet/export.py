@@ -26,15 +26,13 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .errors import ExportMismatchError
+
 __all__ = ["export_onnx", "run_onnx", "verify_onnx", "export_program", "ExportMismatchError", "EXPORTERS"]
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 Example = Union[Tensor, Tuple[Tensor, ...]]
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class ExportMismatchError(AssertionError):
-    """The exported graph's outputs differ from PyTorch's beyond the tolerance."""
 
 
 def _as_tuple(example: Example) -> Tuple[Tensor, ...]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .compare import PRESETS, CompareError, environment, parse_seeds
+from .errors import FinetuneError
 from .fileio import atomic_write_text
 from .runs import (
     check_recipe,
@@ -86,11 +87,6 @@ _NOT_INHERITED = {"model", "seed", "out", "resume", "overwrite", "init_from", "e
 _PER_RUN = frozenset({"model", "seed", "out", "resume", "overwrite", "init_from"})
 # TrainConfig fields that change how a run executes, not what it computes (valid next to a given plain network)
 EXECUTION_OPTIONS = RESUME_OVERRIDABLE - {"epochs", "resume", "out", "overwrite"}
-
-
-class FinetuneError(CompareError):
-    """Invalid fine-tuning settings, a pretrained network that does not fit, or a GCT variant whose
-    accuracy before fine-tuning differs from the plain network's (GCT must start as the identity)."""
 
 
 def pretrain_dir(out: PathLike, seed: int) -> Path:

@@ -104,7 +104,7 @@ def load_source(source: Source) -> _Loaded:
     try:
         return _Loaded(load_official_checkpoint(obj, num_classes=_classifier_size(obj)), str(path), "official")
     except CheckpointError as exc:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is neither a gctnet checkpoint (it has no 'model_name' entry) nor a checkpoint of the "
             f"official GCT-ResNet-50 ({exc})"
         ) from exc

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import SettingsError
 from ..functional import gct_gate
 from ..layers import GCT
 from ..surgery import gct_modules
@@ -103,10 +104,10 @@ def _strip_wrappers(name: str) -> str:
 
 
 def find_gct_modules(model: nn.Module) -> list[tuple[str, GCT]]:
-    """``(name, GCT)`` pairs of ``model`` in network order; raises ``ValueError`` when there are none."""
+    """``(name, GCT)`` pairs of ``model`` in network order; :class:`SettingsError` when there are none."""
     pairs = list(gct_modules(model))
     if not pairs:
-        raise ValueError(
+        raise SettingsError(
             f"{type(model).__name__} contains no gctnet.GCT modules; the analysis needs a model with GCT "
             "layers (e.g. create_model('gct_resnet20') or gctnet.apply_gct(model))"
         )
@@ -120,14 +121,14 @@ def _common_layers(models: list[nn.Module]) -> list[tuple[str, list[GCT]]]:
     for i, pairs in enumerate(per_model[1:], start=1):
         other = [_strip_wrappers(n) for n, _ in pairs]
         if other != names:
-            raise ValueError(
+            raise SettingsError(
                 "models to pool must have the same GCT layers in the same order; model 0 has "
                 f"{len(names)} ({', '.join(names[:3])}...), model {i} has {len(other)} "
                 f"({', '.join(other[:3])}...)"
             )
         for (n, m), m0 in zip(pairs, (p[1] for p in per_model[0])):
             if m.channels != m0.channels:
-                raise ValueError(f"GCT layer {n!r} has {m0.channels} channels in model 0 but {m.channels} in model {i}")
+                raise SettingsError(f"GCT layer {n!r} has {m0.channels} channels in model 0 but {m.channels} in model {i}")
     return [(name, [pairs[j][1] for pairs in per_model]) for j, name in enumerate(names)]
 
 

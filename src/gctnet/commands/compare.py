@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,11 +69,8 @@ def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from .. import compare
 
-    try:
-        models = compare.parse_models(args.models)
-        seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
-    except compare.CompareError as exc:
-        raise UsageError(str(exc)) from exc
+    models = compare.parse_models(args.models)
+    seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.analysis_images < 1:
         raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
     options = train_options_from_args(args)
@@ -91,28 +87,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_experiment(command: str, call: Callable[[], Any], report: Callable[[Any], str]) -> int:
-    """Run an experiment for ``gctnet COMMAND`` and turn its outcome into an exit status.
+    """Run an experiment for ``gctnet COMMAND``, print ``report(result)`` and return 0.
 
-    Bad settings (or existing runs made with other ones) are a :class:`UsageError`; an interruption
-    prints how to continue and returns 128 + the signal (the engine saved ``last.pt``; the same command
-    resumes); a non-finite loss or unreadable data print the error and return 1; otherwise
-    ``report(result)`` is printed and 0 returned.
+    An interruption keeps the engine's message but says to run the same command again (it resumes).
     """
-    from ..compare import CompareError
-    from ..data import BadImageError, DatasetNotFoundError
-    from ..train import NonFiniteLossError, TrainingInterrupted
-    from ..train.config import ConfigError
+    from ..train import TrainingInterrupted
 
     try:
         result = call()
-    except (CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
-        raise UsageError(str(exc)) from exc
     except TrainingInterrupted as exc:
-        print(f"gctnet {command}: interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
-              "command again to continue.", file=sys.stderr)
-        return 128 + int(exc.signum)
-    except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet {command}: error: {exc}", file=sys.stderr)
-        return 1
+        raise TrainingInterrupted(f"interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
+                                  "command again to continue.", exc.signum, exc.run_dir) from None
     print(report(result))
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Dict
 
 from . import UsageError, check_output_file
@@ -41,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import BadImageError, DatasetNotFoundError
     from ..train import evaluate_path, format_eval_table
 
     for name in ("subset", "batch_size", "num_classes", "image_size"):
@@ -52,18 +50,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     if args.json and args.json != "-":
         check_output_file("--json", args.json)
-    try:
-        result: Dict[str, Any] = evaluate_path(
-            args.path, which=args.which, data=args.data, data_dir=args.data_dir, split=args.split,
-            subset=args.subset, image_size=args.image_size, skip_bad_images=args.skip_bad_images,
-            num_classes=args.num_classes, batch_size=args.batch_size, workers=args.workers,
-            device=args.device, amp=args.amp,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    except (FileNotFoundError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet eval: error: {exc}", file=sys.stderr)
-        return 1
+    result: Dict[str, Any] = evaluate_path(
+        args.path, which=args.which, data=args.data, data_dir=args.data_dir, split=args.split,
+        subset=args.subset, image_size=args.image_size, skip_bad_images=args.skip_bad_images,
+        num_classes=args.num_classes, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, amp=args.amp,
+    )
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0

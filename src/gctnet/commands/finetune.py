@@ -61,13 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import finetune
-    from ..compare import CompareError, parse_seeds
+    from ..compare import parse_seeds
     from .compare import run_experiment, train_options_from_args
 
-    try:
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    except CompareError as exc:
-        raise UsageError(str(exc)) from exc
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     pretrain = train_options_from_args(args)
     finetune_options = dict(args.finetune_options)
     if args.plain is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 from typing import Any, Dict
 
 from . import UsageError
@@ -97,40 +96,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~gctnet.train.TrainConfig` for the parsed options (usage errors for bad values)."""
-    from ..train import ConfigError, TrainConfig
+    from ..train import TrainConfig
 
     given: Dict[str, Any] = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "recipe")}
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
-    try:
-        if "resume" in given:
-            if args.recipe != "quick":
-                raise UsageError("--recipe cannot be combined with --resume (the run keeps its recipe)")
-            resume = given.pop("resume")
-            return TrainConfig.for_resume(resume, **given).validate()
-        return TrainConfig.from_recipe(args.recipe, **given).validate()
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    if "resume" in given:
+        if args.recipe != "quick":
+            raise UsageError("--recipe cannot be combined with --resume (the run keeps its recipe)")
+        resume = given.pop("resume")
+        return TrainConfig.for_resume(resume, **given).validate()
+    return TrainConfig.from_recipe(args.recipe, **given).validate()
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import BadImageError, DatasetNotFoundError
-    from ..train import ConfigError, DistributedFailure, NonFiniteLossError, TrainingInterrupted
     from ..train import run as train_run
 
-    config = build_config(args)
-    try:
-        train_run(config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    except TrainingInterrupted as exc:
-        print(f"gctnet train: {exc}", file=sys.stderr)
-        return 128 + int(exc.signum)
-    except (NonFiniteLossError, DatasetNotFoundError, BadImageError, FileNotFoundError) as exc:
-        print(f"gctnet train: error: {exc}", file=sys.stderr)
-        return 1
-    except DistributedFailure as exc:
-        print(f"gctnet train: error: {exc}", file=sys.stderr)
-        return 1
+    train_run(build_config(args))
     return 0
 

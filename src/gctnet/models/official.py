@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet, conv1x1
 
+from ..errors import CheckpointError, UnsafeCheckpointError
 from ..fileio import atomic_save
 from ._variants import register_variants
 
@@ -67,14 +68,6 @@ NUM_GCT = 53
 NUM_PARAMS = 25_624_625
 
 _GCT_PARAMS = ("alpha", "gamma", "beta")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the requested architecture (wrong keys, shapes or layout)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint file that could only be read by full unpickling (executing code from the file)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,11 +15,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..errors import ConfigError
+
 __all__ = ["TrainConfig", "ConfigError", "RECIPES", "RESUME_OVERRIDABLE"]
-
-
-class ConfigError(ValueError):
-    """An invalid training configuration (the CLI shows it as a usage error)."""
 
 
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")

@@ -48,7 +48,8 @@ from .checkpoint import (
     restore_rng,
     save_safetensors,
 )
-from .config import ConfigError, TrainConfig
+from ..errors import ConfigError, DistributedFailure, NonFiniteLossError, RunDirExistsError, TrainingInterrupted
+from .config import TrainConfig
 from .distributed import DistContext
 from .evaluation import evaluate
 from .progress import EpochProgress, RunLogger, format_seconds
@@ -71,32 +72,11 @@ METRICS_COLUMNS = (
 RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "summary.json", "model.safetensors", "log.txt")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped the run after saving ``last.pt``; ``signum`` and ``run_dir`` say which/where."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT, run_dir: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.signum = signum
-        self.run_dir = run_dir
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/inf; the message names the epoch and step and the kept checkpoint."""
-
-
-class DistributedFailure(RuntimeError):
-    """A collective between torchrun processes failed: another rank died or timed out."""
-
-
 def _is_comm_failure(exc: BaseException) -> bool:
     dist_error = getattr(torch.distributed, "DistError", ())
     text = str(exc)
     return isinstance(exc, dist_error) or any(
         k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timeout"))
-
-
-class RunDirExistsError(ConfigError):
-    """``--out`` already holds a run and neither resume nor overwrite was asked for."""
 
 
 def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
