@@ -13,6 +13,7 @@ from gctnet.commands import info as info_command
 def test_every_error_has_the_base_and_its_builtin():
     settings = [errors.UsageError, errors.ConfigError, errors.RunDirExistsError, errors.RunInUseError,
                 errors.CompareError, errors.FinetuneError, errors.CheckpointError, errors.UnsafeCheckpointError,
+                errors.CheckpointNotFoundError, errors.KeyMismatchError,
                 errors.DatasetNotFoundError]
     runs = [errors.BadImageError, errors.NonFiniteLossError, errors.DistributedFailure,
             errors.ExportMismatchError, errors.WriteError]
@@ -20,7 +21,9 @@ def test_every_error_has_the_base_and_its_builtin():
         assert issubclass(cls, errors.SettingsError) and issubclass(cls, ValueError) and cls.exit_code == 2, cls
     for cls in runs:
         assert issubclass(cls, errors.RunError) and issubclass(cls, RuntimeError) and cls.exit_code == 1, cls
-    assert issubclass(errors.DatasetNotFoundError, FileNotFoundError)  # except FileNotFoundError keeps working
+    # except FileNotFoundError / RuntimeError (torch's key-mismatch error) keep working
+    assert issubclass(errors.DatasetNotFoundError, FileNotFoundError) and issubclass(errors.CheckpointNotFoundError, FileNotFoundError)
+    assert issubclass(errors.KeyMismatchError, RuntimeError)
     assert issubclass(errors.WriteError, OSError) and issubclass(errors.ExportMismatchError, AssertionError)
     # a Ctrl-C must never be swallowed by `except Exception`
     assert not issubclass(errors.TrainingInterrupted, Exception)

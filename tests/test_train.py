@@ -275,6 +275,10 @@ def test_load_checkpoint_model_rejects_foreign_files(tmp_path):
         load_checkpoint_model(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="last.pt"):
         load_checkpoint_model(tmp_path)
+    for name, data in (("empty.pt", b""), ("cut.pt", (tmp_path / "x.pt").read_bytes()[:100]), ("junk.pt", b"junk" * 9)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"cannot read .*{name}.*empty, truncated or not a PyTorch"):
+            load_checkpoint_model(tmp_path / name)
 
 
 # ---------------------------------------------------------------- schedules and config

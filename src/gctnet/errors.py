@@ -27,7 +27,9 @@ __all__ = [
     "CompareError",
     "FinetuneError",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "UnsafeCheckpointError",
+    "KeyMismatchError",
     "DatasetNotFoundError",
     "BadImageError",
     "NonFiniteLossError",
@@ -86,8 +88,17 @@ class CheckpointError(SettingsError):
     the model (missing/unexpected keys, shapes)."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A run folder or weights file that does not exist."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file that could only be read by unpickling code from it (never done)."""
+
+
+class KeyMismatchError(CheckpointError, RuntimeError):
+    """Weights whose keys or shapes do not fit the model (a ``RuntimeError``, as torch's
+    ``load_state_dict`` raises for the same thing)."""
 
 
 class DatasetNotFoundError(SettingsError, FileNotFoundError):

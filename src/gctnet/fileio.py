@@ -3,18 +3,25 @@
 Every writer goes through :func:`atomic_write`: the content goes to a temporary file in the target's
 folder (same file system), is flushed and ``fsync``-ed, then renamed over the target with ``os.replace``
 (atomic on POSIX and Windows); the folder is ``fsync``-ed after the rename where the OS allows it.  An
-error or interrupt mid-write removes the temporary file and leaves the previous file untouched.
+error or interrupt mid-write removes the temporary file and leaves the previous file untouched; an
+``OSError`` of the storage (disk full, read-only file system, no permission, ...) becomes a one-line
+:class:`gctnet.errors.WriteError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_save"]
+from .errors import WriteError
+
+__all__ = ["atomic_write", "atomic_write_path", "atomic_write_text", "atomic_save", "temp_path", "remove_stale_temp_files"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+# what the storage can refuse: full, over quota, read-only, no permission, too large, failing
+_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO})
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -36,19 +43,56 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     The temporary file is ``.<name>.tmp-<pid>`` next to ``path`` (the folder must exist) and gets the
     permissions a plainly created file would have.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write_file(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+
+    return atomic_write_path(path, write_file)
+
+
+def atomic_write_path(path: PathLike, write: Callable[[Path], Any]) -> Path:
+    """:func:`atomic_write` for writers that only take a file name (e.g. ONNX export): ``write(tmp)``
+    creates the temporary file, which is then ``fsync``-ed and renamed over ``path``."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno not in _STORAGE_ERRORS:  # e.g. a missing folder: the caller's bug, keep the traceback
+            raise
+        raise WriteError(f"cannot write {path}: {exc.strerror}; the previous file, if any, is kept") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def temp_path(path: PathLike) -> Path:
+    """The temporary file :func:`atomic_write` writes before renaming it to ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temp_files(folder: PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (``.<name>.tmp-<pid>``); returns them.
+
+    Call it only while holding the folder (see :class:`FolderLock`): a live writer's file would go too.
+    """
+    removed = []
+    for p in Path(folder).glob(".*.tmp-*"):
+        if p.is_file() and p.name.rsplit("-", 1)[-1].isdigit():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -207,17 +207,9 @@ def _plain_source(plain: PathLike) -> tuple[Path, dict[str, Any], str]:
     """(checkpoint path, its training config, model name) of a given plain network."""
     from .surgery import gct_modules
     from .train import load_checkpoint_model
-    from .train.checkpoint import checkpoint_kind
 
     path = Path(plain).expanduser()
-    if not path.exists():
-        raise FinetuneError(f"plain network {str(path)!r} does not exist (expected a gctnet run folder or checkpoint)")
-    if checkpoint_kind(path) != "gctnet":
-        raise FinetuneError(f"{path} is not a gctnet run folder or checkpoint (train one with gctnet train)")
-    try:
-        model, ckpt = load_checkpoint_model(path)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise FinetuneError(f"cannot load the plain network {path}: {exc}") from None
+    model, ckpt = load_checkpoint_model(path)  # CheckpointError naming the file when it is not usable
     if gct_modules(model):
         raise FinetuneError(f"{path} holds {ckpt['model_name']!r}, which already has GCT layers; give a plain network")
     return path, dict(ckpt.get("config") or {}), str(ckpt["model_name"])

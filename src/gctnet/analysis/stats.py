@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import WRAPPER_PREFIXES
 from ..errors import SettingsError
 from ..functional import gct_gate
 from ..layers import GCT
@@ -42,10 +43,6 @@ __all__ = [
 ]
 
 ModelOrModels = Union[nn.Module, Sequence[nn.Module]]
-
-# wrapper prefixes that carry no architectural meaning (DDP / DataParallel, torch.compile)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
 
 # --------------------------------------------------------------------------------------------------
 # small helpers
@@ -94,10 +91,11 @@ def _as_models(model_or_models: ModelOrModels) -> list[nn.Module]:
 
 
 def _strip_wrappers(name: str) -> str:
+    """A module name without the prefixes of wrapped models (:data:`gctnet.checkpoints.WRAPPER_PREFIXES`)."""
     changed = True
     while changed:
         changed = False
-        for prefix in _WRAPPER_PREFIXES:
+        for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
     return name

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default for a run's own data: its --val-subset)")
     parser.add_argument("--image-size", type=int, help="ImageFolder evaluation size")
     parser.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
-    parser.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default 1000)")
+    parser.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: its classifier's size)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's, else 256)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for ImageFolder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

@@ -48,7 +48,14 @@ from .checkpoint import (
     restore_rng,
     save_safetensors,
 )
-from ..errors import ConfigError, DistributedFailure, NonFiniteLossError, RunDirExistsError, TrainingInterrupted
+from ..errors import (
+    ConfigError,
+    DistributedFailure,
+    KeyMismatchError,
+    NonFiniteLossError,
+    RunDirExistsError,
+    TrainingInterrupted,
+)
 from .config import TrainConfig
 from .distributed import DistContext
 from .evaluation import evaluate
@@ -181,17 +188,17 @@ def load_init_weights(model: nn.Module, source: "str | Path") -> Any:
     file (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` file.  Loading goes through
     :func:`gctnet.surgery.load_plain_weights`, so a plain network's weights load into its ``gct_``
     variant (its fresh GCTs stay the identity); any other missing, unexpected or mis-shaped key is a
-    :class:`ConfigError`.  Returns the :class:`gctnet.surgery.LoadResult`.
+    :class:`KeyMismatchError`, a file that cannot be read a :class:`CheckpointError` (both exit 2).
+    Returns the :class:`gctnet.surgery.LoadResult`.
     """
     from ..surgery import load_plain_weights
-    from .checkpoint import checkpoint_kind
+    from .checkpoint import resolve_checkpoint
 
-    path = Path(source).expanduser()
+    path = resolve_checkpoint(source, "last")  # a run folder's last.pt; a gctnet checkpoint unwraps to its model
     try:
-        state: Any = load_checkpoint(path, which="last")["model"] if checkpoint_kind(path) == "gctnet" else path
-        return load_plain_weights(model, state, strict=True)
-    except (RuntimeError, ValueError, TypeError, FileNotFoundError) as exc:
-        raise ConfigError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
+        return load_plain_weights(model, path, strict=True)
+    except KeyMismatchError as exc:
+        raise KeyMismatchError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
 
 
 def _seed_all(seed: int) -> None:
@@ -340,7 +347,7 @@ class _Trainer:
         atomic_write_text(self.out / "config.json", json.dumps(d, indent=2) + "\n")
 
     def _load_resume(self) -> None:
-        ckpt = load_checkpoint(self.out, which="last", map_location="cpu")
+        ckpt = load_checkpoint(self.out, which="last")
         if ckpt["model_name"] != self.cfg.model:
             raise ConfigError(f"checkpoint is for model {ckpt['model_name']!r}, config says {self.cfg.model!r}")
         self.model.load_state_dict(ckpt["model"])

@@ -134,14 +134,14 @@ def evaluate_path(
     format.  Returns :func:`evaluate`'s dict plus ``model``, ``data``, ``split``, ``checkpoint``, ``epoch``.
     """
     from ..data import dataset_info, load_dataset, parse_data_spec
-    from .checkpoint import checkpoint_kind, load_model_any
+    from .checkpoint import load_model_any
     from .distributed import resolve_device
     from .engine import resolve_amp
 
-    if data is None and checkpoint_kind(path) == "other":
-        raise SettingsError(f"{path} is not a gctnet run (an official checkpoint?) and has no dataset of its own: "
-                         "pass --data imagefolder:PATH")
     model, meta = load_model_any(path, which=which, num_classes=num_classes)
+    if data is None and meta["kind"] == "official":
+        raise SettingsError(f"{path} is not a gctnet run (an official checkpoint) and has no dataset of its own: "
+                            "pass --data imagefolder:PATH")
     cfg: Dict[str, Any] = dict(meta.get("config") or {})
     if data is None:
         data = cfg.get("data") or "fashion_mnist"
