@@ -81,3 +81,15 @@ def test_cli_interruption_exit_status(monkeypatch, capsys):
     monkeypatch.setattr(info_command, "run", _raising(exc))
     assert cli.main(["info"]) == 128 + 15
     assert capsys.readouterr().err == f"gctnet info: {exc}\n"
+
+
+@pytest.mark.xfail(reason="functional.validate_eps (the core engineer's) does not reject inf yet; the lead makes it "
+                          "reject non-finite eps at merge time, then this marker goes", strict=False)
+def test_gct_rejects_an_infinite_eps():
+    import gctnet
+
+    for eps in (float("inf"), float("nan")):
+        with pytest.raises(ValueError) as info:
+            gctnet.GCT(8, eps=eps)
+        msg = str(info.value)
+        assert "eps" in msg and "finite" in msg and "\n" not in msg

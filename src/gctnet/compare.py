@@ -36,7 +36,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .errors import CompareError
-from .fileio import atomic_write_text
+from .fileio import FolderLock, atomic_write_text
 from .runs import (
     check_recipe,
     check_train_options,
@@ -404,69 +404,75 @@ def run(
                                name="train_options", setter="compare", kind="training", error=CompareError)
     options.update(user)
     say = log or (lambda _msg: None)
+    if "subset" not in user and options.get("subset") and options.get("data", "fashion_mnist") != "fashion_mnist":
+        # the presets' subsets are sized for Fashion-MNIST's 60,000 images, not for the data given here
+        say(f"compare: preset {preset}'s subset of {options['subset']} Fashion-MNIST images does not apply to "
+            f"{options['data']}: training on all of it (pass --subset N to choose)")
+        options["subset"] = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(m, s, run_dir(out, m, s)) for m in model_list for s in seed_list]
-    TrainConfig = train_api().TrainConfig
+    with FolderLock(out, "comparison folder"):  # one compare per folder at a time
+        jobs = [(m, s, run_dir(out, m, s)) for m in model_list for s in seed_list]
+        TrainConfig = train_api().TrainConfig
 
-    def intended(model: str, seed: int) -> Any:
-        return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
+        def intended(model: str, seed: int) -> Any:
+            return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
 
-    status: dict[Path, str] = {}
-    for model, seed, path in jobs:
-        config = intended(model, seed)
-        status[path] = run_status(path, config.epochs)
-        if status[path] == "resume":
-            check_recipe(path, config.to_dict(), CompareError)
-    # one folder, one recipe: every finished run (also of models not in this call) must match it
-    for model, seeds in finished_runs(out).items():
-        for seed in seeds:
-            check_recipe(run_dir(out, model, seed), intended(model, seed).to_dict(), CompareError)
-    todo = sum(st != "done" for st in status.values())
-    say(
-        f"compare: {len(model_list)} models x {len(seed_list)} seeds = {len(jobs)} runs "
-        f"({len(jobs) - todo} already finished), preset {preset}, options {describe_options(options)}; output {out}"
-    )
-    train = train_api()
-    started = time.perf_counter()
-    durations: list[float] = []
-    trained = 0
-    for i, (model, seed, path) in enumerate(jobs, start=1):
-        st = status[path]
-        if st == "done":
-            say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
-            continue
-        remaining = todo - trained
-        eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
-        what = {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(st, "training")
-        say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
-        t0 = time.perf_counter()
-        try:
-            train.run(make_config(model, seed, path, options, st))
-        except KeyboardInterrupt:
-            say(f"compare: interrupted during {model} seed {seed}; calling compare again continues it")
-            raise
-        durations.append(time.perf_counter() - t0)
-        trained += 1
-        if not is_finished(path):
-            raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
+        status: dict[Path, str] = {}
+        for model, seed, path in jobs:
+            config = intended(model, seed)
+            status[path] = run_status(path, config.epochs)
+            if status[path] == "resume":
+                check_recipe(path, config.to_dict(), CompareError)
+        # one folder, one recipe: every finished run (also of models not in this call) must match it
+        for model, seeds in finished_runs(out).items():
+            for seed in seeds:
+                check_recipe(run_dir(out, model, seed), intended(model, seed).to_dict(), CompareError)
+        todo = sum(st != "done" for st in status.values())
+        say(
+            f"compare: {len(model_list)} models x {len(seed_list)} seeds = {len(jobs)} runs "
+            f"({len(jobs) - todo} already finished), preset {preset}, options {describe_options(options)}; output {out}"
+        )
+        train = train_api()
+        started = time.perf_counter()
+        durations: list[float] = []
+        trained = 0
+        for i, (model, seed, path) in enumerate(jobs, start=1):
+            st = status[path]
+            if st == "done":
+                say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
+                continue
+            remaining = todo - trained
+            eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
+            what = {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(st, "training")
+            say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
+            t0 = time.perf_counter()
+            try:
+                train.run(make_config(model, seed, path, options, st))
+            except KeyboardInterrupt:
+                say(f"compare: interrupted during {model} seed {seed}; calling compare again continues it")
+                raise
+            durations.append(time.perf_counter() - t0)
+            trained += 1
+            if not is_finished(path):
+                raise RuntimeError(f"training {model} seed {seed} ended without a finished summary.json in {path}")
 
-    runs, summaries = summarize(out, model_list, base)
-    result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
-    if analyze:
-        _analyze_models(result, analysis_images, say)
-    settings = {
-        "preset": preset,
-        "preset_description": p.description,
-        "train_options": options,
-        "options_given": user,
-        "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-        **environment(),
-    }
-    result.paths = write_outputs(result, settings)
-    say(f"compare: done ({trained} trained, {len(jobs) - todo} skipped); report: {result.paths['report']}")
-    return result
+        runs, summaries = summarize(out, model_list, base)
+        result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
+        if analyze:
+            _analyze_models(result, analysis_images, say)
+        settings = {
+            "preset": preset,
+            "preset_description": p.description,
+            "train_options": options,
+            "options_given": user,
+            "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+            **environment(),
+        }
+        result.paths = write_outputs(result, settings)
+        say(f"compare: done ({trained} trained, {len(jobs) - todo} skipped); report: {result.paths['report']}")
+        return result
 
 
 def _analyze_models(result: CompareResult, images: int, say: Callable[[str], None]) -> None:

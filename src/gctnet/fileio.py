@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import sys
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 from .errors import WriteError
 
-__all__ = ["atomic_write", "atomic_write_path", "atomic_write_text", "atomic_save", "temp_path", "remove_stale_temp_files"]
+__all__ = ["atomic_write", "atomic_write_path", "atomic_write_text", "atomic_save", "temp_path", "remove_stale_temp_files",
+           "FolderLock"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 # what the storage can refuse: full, over quota, read-only, no permission, too large, failing
@@ -105,3 +108,62 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+class FolderLock:
+    """An OS file lock on ``FOLDER/.gctnet.lock``: one process at a time per run or comparison folder.
+
+    ``acquire`` takes the lock at once or raises :class:`gctnet.errors.RunInUseError` naming the
+    process that holds it (its pid and command line are written in the lock file).  The lock is the
+    kernel's (``flock``): it goes away with its process however that ends, so a lock file left by a
+    killed process never blocks.  ``release`` (or leaving the ``with`` block) deletes the file.  Where
+    the OS has no ``flock`` (Windows) there is no locking.
+    """
+
+    NAME = ".gctnet.lock"
+
+    def __init__(self, folder: PathLike, what: str = "folder") -> None:
+        self.path = Path(folder) / self.NAME
+        self.what = what
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                from .errors import RunInUseError
+
+                raise RunInUseError(f"{self.what} {self.path.parent} is in use by {owner}; wait for it to finish "
+                                    "or stop it") from None
+            try:  # the previous holder may have deleted the file between our open and flock: lock the new one
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        command = shlex.join(["gctnet", *sys.argv[1:]] if Path(sys.argv[0]).name in ("gctnet", "__main__.py") else sys.argv)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({command})".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: nobody locks a file about to go
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

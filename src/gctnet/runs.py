@@ -56,19 +56,13 @@ def is_finished(path: Path) -> bool:
 
 
 def run_status(path: Path, epochs: int) -> str:
-    """``done`` (finished), ``resume`` (an interrupted run: continue from last.pt), ``restart`` (a run that
-    died before its first checkpoint, or after its last epoch but before its summary) or ``new``."""
+    """``done`` (finished), ``resume`` (an interrupted run: continue from last.pt; also one killed after
+    its last checkpoint but before its summary, which resuming finishes), ``restart`` (a run that died
+    before its first checkpoint) or ``new``."""
     if is_finished(path):
         return "done"
     if (path / "last.pt").is_file():
-        from .train import load_checkpoint
-
-        try:
-            ckpt = load_checkpoint(path, which="last")
-        except ValueError:
-            return "restart"  # unreadable (never written completely): train again
-        complete = int(ckpt.get("epoch", 0)) >= epochs and not int(ckpt.get("batch_in_epoch", 0))
-        return "restart" if complete else "resume"
+        return "resume"
     return "restart" if path.exists() and any(path.iterdir()) else "new"
 
 

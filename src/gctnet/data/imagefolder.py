@@ -63,7 +63,7 @@ def _open_rgb(path: str) -> Image.Image:
             img = Image.open(fh)
             return img.convert("RGB")  # forces the full decode while the file is open
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImageError(f"cannot read image {path}: {exc}") from None
+        raise BadImageError(f"cannot read image {path}: {exc} (pass --skip-bad-images to skip unreadable images)") from None
 
 
 def probe_image_size(folder: "str | os.PathLike[str]") -> int:

@@ -165,6 +165,9 @@ class TrainConfig:
              f"init_from must be a path (run folder, checkpoint or weights file), got {self.init_from!r}")
         need(self.init_from is None or bool(self.resume) or Path(self.init_from).expanduser().exists(),
              f"init_from {self.init_from!r} does not exist (expected a run folder, a checkpoint or a weights file)")
+        from ..data import parse_data_spec
+
+        parse_data_spec(self.data)  # SettingsError naming the accepted specs
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self
@@ -195,7 +198,10 @@ class TrainConfig:
         path = Path(run_dir) / "config.json"
         if not path.is_file():
             raise ConfigError(f"cannot resume: {path} not found (is {run_dir} a gctnet run folder?)")
-        saved = cls.from_dict(json.loads(path.read_text()), strict=False)
+        try:
+            saved = cls.from_dict(json.loads(path.read_text()), strict=False)
+        except ValueError:  # not JSON (cut short by hand?): gctnet writes it atomically
+            raise ConfigError(f"cannot resume: {path} is not a valid gctnet config.json") from None
         bad = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and getattr(saved, k) != v)
         if bad:
             raise ConfigError(

@@ -36,6 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import TensorImageDataset, dataset_info, load_dataset, make_batches
 from ..data.loaders import batch_seed
+from ..fileio import FolderLock, remove_stale_temp_files
 from ..optim import optimizer_step
 from . import distributed
 from .checkpoint import (
@@ -168,8 +169,11 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ctx = distributed.setup(config.device, config.dist_timeout)
         try:
-            trainer = _Trainer(config, ctx)
-            return trainer.fit()
+            trainer = _Trainer(config, ctx)  # holds the run folder's lock until release()
+            try:
+                return trainer.fit()
+            finally:
+                trainer.release(started=True)
         except RuntimeError as exc:
             if ctx.distributed and not isinstance(exc, (NonFiniteLossError, DistributedFailure)) and _is_comm_failure(exc):
                 raise DistributedFailure(
@@ -201,6 +205,14 @@ def load_init_weights(model: nn.Module, source: "str | Path") -> Any:
         raise KeyMismatchError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
 
 
+def _finished(out: Path) -> bool:
+    """Whether ``out/summary.json`` marks the run finished."""
+    try:
+        return bool(json.loads((out / "summary.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -223,10 +235,22 @@ class _Trainer:
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) must be divisible by the {ctx.world_size} processes")
         self.rank_batch = cfg.batch_size // ctx.world_size
-        self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
+        self.amp_dtype, self.use_scaler = resolve_amp(cfg.amp, self.device)
         if cfg.sync_bn and ctx.distributed and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
-        self.out = Path(ctx.main_first(self._prepare_out_dir))
+        self.lock: Optional[FolderLock] = None
+        self.created: List[Path] = []  # folders this run created, leaf first (removed if the start fails)
+        self.out = Path(ctx.main_first(self._claim_out_dir))
+        try:
+            self._setup()
+        except BaseException:
+            self.release(started=False)
+            raise
+
+    def _setup(self) -> None:
+        """Everything that can still fail (data, model, checkpoint) before the run folder is changed."""
+        cfg, ctx = self.cfg, self.ctx
+        use_scaler = self.use_scaler
         self.logger = RunLogger(
             enabled=ctx.is_main, quiet=cfg.quiet, log_file=self.out / "log.txt",
             tensorboard_dir=self.out / "tensorboard" if cfg.tensorboard else None,
@@ -263,7 +287,13 @@ class _Trainer:
         from ..optim import param_groups
 
         self.model_kwargs = {"num_classes": self.info.num_classes, "in_chans": self.info.in_chans, **cfg.model_kwargs}
-        self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        try:
+            self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        except TypeError as exc:  # a builder argument it does not take: the user's --model-kwargs
+            if not cfg.model_kwargs:
+                raise
+            raise ConfigError(f"--model-kwargs {' '.join(f'{k}={v!r}' for k, v in cfg.model_kwargs.items())}: "
+                              f"{cfg.model} does not take them ({exc})") from None
         if cfg.init_from and not cfg.resume:  # a resumed run takes its weights from last.pt
             load_init_weights(self.model, cfg.init_from)
         if cfg.channels_last:
@@ -297,6 +327,7 @@ class _Trainer:
         self.best_epoch = 0
         self.partial: Optional[Dict[str, float]] = None
         self.history: List[Dict[str, float]] = []
+        self.last_val: Optional[Dict[str, Any]] = None
         if cfg.resume:
             self._load_resume()
 
@@ -310,29 +341,76 @@ class _Trainer:
             self.train_model = torch.compile(self.train_model)
         self.sync_every = 1 if self.device.type == "cpu" else 20
         if ctx.is_main:
-            self._write_config()
+            self._commit_out_dir()
 
     # ------------------------------------------------------------------ run folder
-    def _prepare_out_dir(self) -> str:
+    def _claim_out_dir(self) -> str:
+        """Create (if needed) and lock the run folder; refuse a folder that is a file, not writable, in
+        use by another process, or holding a run that was not asked to be resumed or overwritten."""
         cfg = self.cfg
-        if cfg.resume:
-            out = Path(cfg.resume)
-            if not (out / "last.pt").is_file():
-                raise ConfigError(f"cannot resume: {out / 'last.pt'} not found")
-            return str(out)
-        out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        existing = [f for f in RUN_FILES if (out / f).exists()]
-        if existing and not cfg.overwrite:
-            raise RunDirExistsError(
-                f"output folder {out} already holds a run ({', '.join(existing)}); pass --resume {out} to "
-                f"continue it, --overwrite to replace it, or choose another --out"
-            )
-        for name in existing:
-            (out / name).unlink()
-        if cfg.overwrite and (out / "tensorboard").is_dir():
-            shutil.rmtree(out / "tensorboard")
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(cfg.resume or cfg.out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if cfg.resume and not (out / "last.pt").is_file():
+            raise ConfigError(f"cannot resume: {out / 'last.pt'} not found")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the run")
+        missing = []
+        for folder in (out, *out.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path inside a file, a read-only file system, no permission
+            raise ConfigError(f"cannot create the run folder {out}: {exc.strerror}") from None
+        self.created = missing
+        try:
+            try:
+                self.lock = FolderLock(out, "run folder").acquire()
+            except OSError as exc:
+                raise ConfigError(f"cannot write to the run folder {out}: {exc.strerror}") from None
+            existing = [f for f in RUN_FILES if (out / f).exists()]
+            if existing and not cfg.resume and not cfg.overwrite:
+                hint = (f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out"
+                        if (out / "last.pt").is_file() else
+                        "it has no checkpoint to resume from (stopped before its first one): pass --overwrite to "
+                        "start it again, or choose another --out")
+                raise RunDirExistsError(f"output folder {out} already holds a run ({', '.join(existing)}); {hint}")
+        except BaseException:
+            self.release(started=False)
+            raise
         return str(out)
+
+    def _commit_out_dir(self) -> None:
+        """The start succeeded: tidy the folder (a killed writer's temp files, the replaced run, a
+        best.pt older than what last.pt records) and write config.json."""
+        out = self.out
+        remove_stale_temp_files(out)
+        if self.cfg.overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            if (out / "tensorboard").is_dir():
+                shutil.rmtree(out / "tensorboard")
+        resumed = getattr(self, "_resumed", None)
+        if resumed is not None:  # killed between writing last.pt and best.pt: last.pt says it is the best
+            best = out / "best.pt"
+            if self.best_epoch == self.start_epoch > 0 and not self.start_batch and (
+                    not best.is_file() or int(load_checkpoint(best).get("epoch", -1)) != self.best_epoch):
+                atomic_save(resumed, best)
+            self._resumed = None
+        self._write_config()
+
+    def release(self, started: bool) -> None:
+        """Unlock the run folder; after a failed start also remove the folders this run created."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if not started:
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (someone else's files): keep it
+                    break
+            self.created = []
 
     def _write_config(self) -> None:
         d = self.cfg.to_dict()
@@ -362,17 +440,21 @@ class _Trainer:
                 f"last.pt was saved mid-epoch by {ckpt.get('world_size')} process(es); resume it with the same "
                 f"number of processes (now {self.ctx.world_size})")
         metrics = ckpt.get("metrics") or {}
-        self.best_top1 = float(metrics.get("best_top1", -math.inf))
+        best = metrics.get("best_top1")  # None until the first validation (a Ctrl-C in the first epoch)
+        self.best_top1 = -math.inf if best is None else float(best)
         self.best_epoch = int(metrics.get("best_epoch", 0))
         self.history = list(metrics.get("history", []))
         self.partial = ckpt.get("partial")
         restore_rng(ckpt.get("rng"))
-        if self.start_epoch >= self.cfg.epochs and not self.start_batch:
+        done = self.start_epoch >= self.cfg.epochs and not self.start_batch
+        if done and _finished(self.out):
             raise ConfigError(
                 f"{self.out} already finished {self.start_epoch} epochs; pass --epochs N (> {self.start_epoch}) to train longer")
+        self._resumed = ckpt
         if self.ctx.is_main:
             self._truncate_metrics(self.start_epoch)
-            self.logger.info(f"resuming {self.out} at epoch {self.start_epoch + 1}"
+            self.logger.info(f"finishing {self.out}: its last epoch was saved, writing summary.json and model.safetensors"
+                             if done else f"resuming {self.out} at epoch {self.start_epoch + 1}"
                              + (f", batch {self.start_batch + 1}" if self.start_batch else ""))
 
     def _truncate_metrics(self, epochs_done: int) -> None:
@@ -534,13 +616,17 @@ class _Trainer:
                 f"{name} received: saved {self.out / 'last.pt'} at epoch {epoch + 1}, batch {step}/{self.steps_per_epoch}. "
                 f"Continue with: gctnet train --resume {self.out}", signum, str(self.out))
 
+    def _validate(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        self.last_val = evaluate(self.model, self.val_set, device=self.device, batch_size=cfg.eval_batch_size,
+                                 amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, classes=self.info.classes,
+                                 num_classes=self.info.num_classes, ctx=self.ctx, workers=self.workers)
+        return self.last_val
+
     def _end_epoch(self, epoch: int, row: Dict[str, float]) -> None:
         cfg, ctx = self.cfg, self.ctx
         ctx.broadcast_buffers(self.model)  # BN statistics differ per rank after the last step: use rank 0's
-        val = evaluate(self.model, self.val_set, device=self.device, batch_size=cfg.eval_batch_size,
-                       amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, classes=self.info.classes,
-                       num_classes=self.info.num_classes, ctx=ctx, workers=self.workers)
-        self.last_val = val
+        val = self._validate()
         row = {**row, "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
         row = {k: row[k] for k in METRICS_COLUMNS}
         self.history.append(row)
@@ -569,6 +655,8 @@ class _Trainer:
     def _finish(self, wall_seconds: float) -> Dict[str, Any]:
         cfg = self.cfg
         last = self.history[-1]
+        if self.last_val is None:  # finishing a run killed after its last checkpoint: the same numbers again
+            self._validate()
         train_seconds = sum(float(r["epoch_seconds"]) for r in self.history)
         images = sum(float(r["images_per_sec"]) * float(r["epoch_seconds"]) for r in self.history)
         summary = {
