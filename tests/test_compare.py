@@ -43,7 +43,7 @@ def test_parse_seeds():
 
 
 def test_t_interval95_matches_students_t():
-    from gctnet.runs import format_interval, t_interval95
+    from gctnet.experiments.stats import format_interval, t_interval95
 
     lo, hi = t_interval95([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd 1.5811, t(4) = 2.776
     assert (lo, hi) == pytest.approx((3 - 1.9631, 3 + 1.9631), abs=1e-3)
@@ -279,7 +279,7 @@ def test_analyze_cli_on_a_run_folder(finished, tmp_path, capsys):
 
 
 def test_check_recipe_compares_paths_by_the_file_they_name(tmp_path, monkeypatch):
-    from gctnet.runs import check_recipe
+    from gctnet.experiments.runner import check_recipe
 
     run = tmp_path / "run"
     run.mkdir()

@@ -111,37 +111,59 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 
 class FolderLock:
-    """An OS file lock on ``FOLDER/.gctnet.lock``: one process at a time per run or comparison folder.
+    """An OS file lock on ``FOLDER/.gctnet.lock``: one process at a time per run or experiment folder.
 
-    ``acquire`` takes the lock at once or raises :class:`gctnet.errors.RunInUseError` naming the
-    process that holds it (its pid and command line are written in the lock file).  The lock is the
-    kernel's (``flock``): it goes away with its process however that ends, so a lock file left by a
-    killed process never blocks.  ``release`` (or leaving the ``with`` block) deletes the file.  Where
-    the OS has no ``flock`` (Windows) there is no locking.
+    ``acquire`` creates the folder (and missing parents) if needed, then takes the lock at once or raises
+    :class:`gctnet.errors.RunInUseError` naming the process that holds it (its pid and command line are
+    written in the lock file).  The lock is the kernel's (``flock``): it goes away with its process
+    however that ends, so a lock file left by a killed process never blocks.  ``release`` deletes the
+    file and, with ``remove_created``, the folders ``acquire`` created if they are empty again; leaving
+    a ``with`` block by an exception does that, so a start that fails leaves no empty folder behind.
+    A folder that cannot be created or written is a one-line :class:`gctnet.errors.SettingsError`.
+    Where the OS has no ``flock`` (Windows) the folder is created but not locked.
     """
 
     NAME = ".gctnet.lock"
 
     def __init__(self, folder: PathLike, what: str = "folder") -> None:
-        self.path = Path(folder) / self.NAME
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
         self.what = what
         self.fd: Optional[int] = None
+        self.created: list[Path] = []  # leaf first
 
     def acquire(self) -> "FolderLock":
+        from .errors import RunInUseError, SettingsError
+
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SettingsError(f"{self.what} {self.folder} is a file; expected a folder")
+        missing = []
+        for folder in (self.folder, *self.folder.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path inside a file, a read-only file system, no permission
+            raise SettingsError(f"cannot create the {self.what} {self.folder}: {exc.strerror}") from None
+        self.created = missing
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                self.release(remove_created=True)
+                raise SettingsError(f"cannot write to the {self.what} {self.folder}: {exc.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
-                from .errors import RunInUseError
-
-                raise RunInUseError(f"{self.what} {self.path.parent} is in use by {owner}; wait for it to finish "
+                self.release(remove_created=True)
+                raise RunInUseError(f"{self.what} {self.folder} is in use by {owner}; wait for it to finish "
                                     "or stop it") from None
             try:  # the previous holder may have deleted the file between our open and flock: lock the new one
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
@@ -156,14 +178,21 @@ class FolderLock:
         self.fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, remove_created: bool = False) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)  # while still holding it: nobody locks a file about to go
             os.close(self.fd)
             self.fd = None
+        if remove_created:
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something was made there after all; keep it
+                    break
+        self.created = []
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.release(remove_created=exc_type is not None)

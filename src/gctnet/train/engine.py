@@ -60,7 +60,8 @@ from ..errors import (
 from .config import TrainConfig
 from .distributed import DistContext
 from .evaluation import evaluate
-from .progress import EpochProgress, RunLogger, format_seconds
+from ..experiments.stats import format_seconds
+from .progress import EpochProgress, RunLogger
 
 __all__ = [
     "run",
@@ -239,7 +240,6 @@ class _Trainer:
         if cfg.sync_bn and ctx.distributed and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         self.lock: Optional[FolderLock] = None
-        self.created: List[Path] = []  # folders this run created, leaf first (removed if the start fails)
         self.out = Path(ctx.main_first(self._claim_out_dir))
         try:
             self._setup()
@@ -351,23 +351,8 @@ class _Trainer:
         out = Path(cfg.resume or cfg.out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if cfg.resume and not (out / "last.pt").is_file():
             raise ConfigError(f"cannot resume: {out / 'last.pt'} not found")
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; give a folder for the run")
-        missing = []
-        for folder in (out, *out.parents):
-            if folder.exists():
-                break
-            missing.append(folder)
+        self.lock = FolderLock(out, "run folder").acquire()  # SettingsError: a file, not writable, in use
         try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a path inside a file, a read-only file system, no permission
-            raise ConfigError(f"cannot create the run folder {out}: {exc.strerror}") from None
-        self.created = missing
-        try:
-            try:
-                self.lock = FolderLock(out, "run folder").acquire()
-            except OSError as exc:
-                raise ConfigError(f"cannot write to the run folder {out}: {exc.strerror}") from None
             existing = [f for f in RUN_FILES if (out / f).exists()]
             if existing and not cfg.resume and not cfg.overwrite:
                 hint = (f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out"
@@ -402,15 +387,8 @@ class _Trainer:
     def release(self, started: bool) -> None:
         """Unlock the run folder; after a failed start also remove the folders this run created."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(remove_created=not started)
             self.lock = None
-        if not started:
-            for folder in self.created:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty (someone else's files): keep it
-                    break
-            self.created = []
 
     def _write_config(self) -> None:
         d = self.cfg.to_dict()
