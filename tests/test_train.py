@@ -547,3 +547,36 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, fashion, monkeypatch)
     monkeypatch.undo()
     assert (out / "last.pt").read_bytes() == before and not list(out.glob(".*.tmp-*"))
     assert run(TrainConfig.for_resume(out, epochs=2))["epochs"] == 2  # and it resumes from there
+
+
+def test_cli_options_come_from_train_config():
+    """Every TrainConfig field is an option of gctnet train with its choices and default; compare and
+    finetune offer the same options (minus what they set per run) through the same function."""
+    import argparse
+    import dataclasses
+
+    from gctnet.commands import compare as compare_command
+    from gctnet.commands import finetune as finetune_command
+    from gctnet.commands import train as train_command
+    from gctnet.train.config import AMP_CHOICES, OPT_CHOICES
+
+    def options(module, title=None) -> dict:
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.dest: a for group in parser._action_groups for a in group._group_actions
+                if title is None or group.title == title}
+
+    train_opts = options(train_command)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(fields) <= set(train_opts)
+    assert tuple(train_opts["opt"].choices) == OPT_CHOICES and tuple(train_opts["amp"].choices) == AMP_CHOICES
+    assert "default: 128" in train_opts["batch_size"].help and train_opts["augment"].option_strings == ["--no-augment"]
+    for command in (compare_command, finetune_command):
+        given = options(command, command._TRAIN_GROUP)
+        assert set(given) == set(fields) - set(command.PER_RUN)
+        assert "default:" not in given["batch_size"].help  # there the preset's value applies, not TrainConfig's
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--epochs", "3", "--no-augment", "--amp", "--model-kwargs", "width=0.5", "--wd", "0"])
+    assert train_command.config_options(args) == {"epochs": 3, "augment": False, "amp": "auto",
+                                                 "model_kwargs": {"width": 0.5}, "weight_decay": 0.0}
