@@ -580,3 +580,22 @@ def test_cli_options_come_from_train_config():
     args = parser.parse_args(["--epochs", "3", "--no-augment", "--amp", "--model-kwargs", "width=0.5", "--wd", "0"])
     assert train_command.config_options(args) == {"epochs": 3, "augment": False, "amp": "auto",
                                                  "model_kwargs": {"width": 0.5}, "weight_decay": 0.0}
+
+
+def test_threads_default_and_option(tmp_path, fashion, monkeypatch):
+    from gctnet.train.distributed import resolve_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_threads() == max(1, cores - 1)  # one core left for the rest of a shared machine
+    assert resolve_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert resolve_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert resolve_threads() == torch.get_num_threads()  # the user's (or torchrun's) choice wins
+    before = torch.get_num_threads()
+    summary = run(tiny_config(tmp_path / "t", epochs=1, threads=2))
+    assert summary["torch_threads"] == 2 and torch.get_num_threads() == before  # restored afterwards
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        TrainConfig(threads=0).validate()

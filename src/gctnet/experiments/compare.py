@@ -457,7 +457,7 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
         "train_options": options,
         "options_given": user,
         "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-        **environment(),
+        **environment(options.get("threads")),
     }
     result.paths = write_outputs(result, settings)
     say(f"compare: done ({trained} trained, {len(jobs) - todo} skipped); report: {result.paths['report']}")
@@ -479,14 +479,16 @@ def _analyze_models(result: CompareResult, images: int, say: Callable[[str], Non
         s.conclusion = a.conclusion
 
 
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured (for the report)."""
+def environment(threads: Optional[int] = None) -> dict[str, Any]:
+    """Where the numbers were measured (for the report); ``threads``: the runs' ``TrainConfig.threads``."""
+    from ..train.distributed import resolve_threads
+
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": resolve_threads(threads),
         "cpus": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -309,7 +309,7 @@ def run(
     result = FinetuneResult(out=out, model=model, gct_model=gct_name, seeds=seed_list, rows=rows, summary=summary,
                             trained=trained, skipped=skipped)
     settings = {
-        **environment(), "plain": str(plain) if plain is not None else None, "preset": preset,
+        **environment(ft_options.get("threads")), "plain": str(plain) if plain is not None else None, "preset": preset,
         "pretrain_options": pre_options, "finetune_epochs": finetune_epochs, "lr_factor": lr_factor,
         "finetune_options": ft_options, "wall_seconds_this_call": time.perf_counter() - started,
     }

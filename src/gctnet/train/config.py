@@ -28,7 +28,7 @@ WARMUP_MODES = ("linear", "constant")
 
 # Fields that may change when a run is resumed (they do not change what is computed).
 RESUME_OVERRIDABLE = frozenset(
-    {"epochs", "workers", "device", "quiet", "log_interval", "tensorboard", "dist_timeout", "compile",
+    {"epochs", "workers", "threads", "device", "quiet", "log_interval", "tensorboard", "dist_timeout", "compile",
      "deterministic", "data_dir", "resume", "out", "overwrite"}
 )
 
@@ -106,6 +106,10 @@ class TrainConfig:
     deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume)", group=_E)
     workers: Optional[int] = _opt(None, "DataLoader workers (ImageFolder; in-memory data needs none)", group=_E)
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N", group=_E)
+    threads: Optional[int] = _opt(
+        None, "torch intra-op CPU threads (default: one less than the cores this process may use, at least 1, "
+        "per torchrun process; OMP_NUM_THREADS wins when set): on a machine shared with other work, as many "
+        "threads as cores collapses throughput", group=_E, metavar="N")
     sync_bn: bool = _opt(False, "SyncBatchNorm under torchrun", group=_E)
     dist_timeout: float = _opt(300.0, "torchrun: fail instead of waiting longer than this for another rank",
                                group=_E, metavar="SECONDS")
@@ -161,6 +165,7 @@ class TrainConfig:
             positive_int(name)
         for name in ("subset", "val_subset", "image_size"):
             positive_int(name, allow_none=True)
+        positive_int("threads", allow_none=True)
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
              f"workers must be >= 0, got {self.workers!r}")
         need(self.opt in OPT_CHOICES, f"opt must be one of {OPT_CHOICES}, got {self.opt!r}")

@@ -102,8 +102,10 @@ def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], 
 
 
 @contextlib.contextmanager
-def _isolated_global_state(deterministic: bool) -> Iterator[None]:
-    """Apply the run's determinism settings; restore them and every RNG state afterwards."""
+def _isolated_global_state(deterministic: bool, threads: int) -> Iterator[None]:
+    """Apply the run's determinism settings and thread count; restore them and every RNG state afterwards."""
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     saved_rng = capture_rng()
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -127,6 +129,7 @@ def _isolated_global_state(deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic = saved[2]
         torch.backends.cudnn.benchmark = saved[3]
         restore_rng(saved_rng)
+        torch.set_num_threads(saved_threads)
 
 
 class _StopRequest:
@@ -165,7 +168,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     ``last.pt`` on SIGINT/SIGTERM.
     """
     config = replace(config).validate()
-    with _isolated_global_state(config.deterministic), warnings.catch_warnings():
+    with _isolated_global_state(config.deterministic, distributed.resolve_threads(config.threads)), \
+            warnings.catch_warnings():
         # DDP's note about 1x1-conv gradient strides on CPU is harmless and would repeat on every rank
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ctx = distributed.setup(config.device, config.dist_timeout)
@@ -490,6 +494,7 @@ class _Trainer:
             f"gctnet train: {cfg.model} ({self.params:,} params, {self.gct_params:,} in GCT) on {cfg.data} "
             f"[{len(self.train_set)} train / {len(self.val_set)} val], {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
             f"batch {cfg.batch_size}, {cfg.opt} lr {self.lr:g} ({cfg.sched}), device {self.device}"
+            + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
             + (f" x {self.ctx.world_size} processes" if self.ctx.distributed else "")
             + (f", amp {self.amp_dtype}" if self.amp_dtype else "") + f" -> {self.out}"
         )
