@@ -103,10 +103,10 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
         seeds=(0, 1),
-        # sized from measured per-image costs (docs/compare.md, Presets): about 9 minutes on 2 CPU cores
+        # sized from measured per-image costs; its timing is stated once, in docs/compare.md (Presets)
         train={"epochs": 4, "subset": 12288},
-        description="a quick look, about 10 minutes on 2 CPU cores for the 4 default models: "
-        "4 epochs on 12,288 training images (engine's default cosine recipe), full validation set, 2 seeds",
+        description="a quick look: 4 epochs on 12,288 Fashion-MNIST training images (engine's default cosine "
+        "recipe), full validation set, 2 seeds (timing: docs/compare.md, Presets)",
     ),
     "full": Preset(
         name="full",

@@ -494,7 +494,8 @@ class _Trainer:
             f"gctnet train: {cfg.model} ({self.params:,} params, {self.gct_params:,} in GCT) on {cfg.data} "
             f"[{len(self.train_set)} train / {len(self.val_set)} val], {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
             f"batch {cfg.batch_size}, {cfg.opt} lr {self.lr:g} ({cfg.sched}), device {self.device}"
-            + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+            + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+               if self.device.type == "cpu" else "")
             + (f" x {self.ctx.world_size} processes" if self.ctx.distributed else "")
             + (f", amp {self.amp_dtype}" if self.amp_dtype else "") + f" -> {self.out}"
         )
