@@ -120,7 +120,9 @@ def test_run_writes_all_outputs(tmp_path, fashion):
     assert saved["final_top1"] > 40.0  # chance is 10 %
     assert saved["final_top1"] == pytest.approx(float(rows[1]["val_top1"]))
     assert saved["params"] == sum(p.numel() for p in TinyNet().parameters()) and saved["gct_params"] == 3
-    assert saved["torch_threads"] == torch.get_num_threads() and saved["device"] == "cpu"
+    from gctnet.train.distributed import resolve_threads
+
+    assert saved["torch_threads"] == resolve_threads() and saved["device"] == "cpu"  # gctnet's default
 
     ckpt = load_pt(out / "last.pt")  # weights_only-safe
     assert ckpt["epoch"] == 2 and ckpt["model_name"] == "_test_tiny" and ckpt["config"]["seed"] == 0

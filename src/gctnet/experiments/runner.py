@@ -28,6 +28,7 @@ from .. import train
 from ..errors import CompareError, RunError
 from ..train import TrainConfig
 from ..train.config import RESUME_OVERRIDABLE
+from ..train.engine import is_finished
 
 __all__ = [
     "read_json",
@@ -72,12 +73,6 @@ def _num(v: Any) -> Any:
     except (TypeError, ValueError):
         return v
     return int(x) if x.is_integer() and "." not in str(v) and "e" not in str(v).lower() else x
-
-
-def is_finished(path: Path) -> bool:
-    """Whether the run folder ``path`` holds a ``summary.json`` marked finished."""
-    summary = read_json(path / "summary.json")
-    return bool(summary and summary.get("finished"))
 
 
 def run_status(path: Path) -> str:

@@ -36,6 +36,15 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import TensorImageDataset, dataset_info, load_dataset, make_batches
 from ..data.loaders import batch_seed
+from ..errors import (
+    ConfigError,
+    DistributedFailure,
+    KeyMismatchError,
+    NonFiniteLossError,
+    RunDirExistsError,
+    TrainingInterrupted,
+)
+from ..experiments.stats import format_seconds
 from ..fileio import FolderLock, remove_stale_temp_files
 from ..optim import optimizer_step
 from . import distributed
@@ -49,18 +58,9 @@ from .checkpoint import (
     restore_rng,
     save_safetensors,
 )
-from ..errors import (
-    ConfigError,
-    DistributedFailure,
-    KeyMismatchError,
-    NonFiniteLossError,
-    RunDirExistsError,
-    TrainingInterrupted,
-)
 from .config import TrainConfig
 from .distributed import DistContext
 from .evaluation import evaluate
-from ..experiments.stats import format_seconds
 from .progress import EpochProgress, RunLogger
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "RUN_FILES",
     "resolve_amp",
     "load_init_weights",
+    "is_finished",
 ]
 
 METRICS_COLUMNS = (
@@ -210,10 +211,10 @@ def load_init_weights(model: nn.Module, source: "str | Path") -> Any:
         raise KeyMismatchError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
 
 
-def _finished(out: Path) -> bool:
-    """Whether ``out/summary.json`` marks the run finished."""
+def is_finished(run_dir: "str | Path") -> bool:
+    """Whether the run folder holds a ``summary.json`` marked finished (the last file a run writes)."""
     try:
-        return bool(json.loads((out / "summary.json").read_text()).get("finished"))
+        return bool(json.loads((Path(run_dir) / "summary.json").read_text()).get("finished"))
     except (OSError, ValueError):
         return False
 
@@ -429,7 +430,7 @@ class _Trainer:
         self.partial = ckpt.get("partial")
         restore_rng(ckpt.get("rng"))
         done = self.start_epoch >= self.cfg.epochs and not self.start_batch
-        if done and _finished(self.out):
+        if done and is_finished(self.out):
             raise ConfigError(
                 f"{self.out} already finished {self.start_epoch} epochs; pass --epochs N (> {self.start_epoch}) to train longer")
         self._resumed = ckpt
