@@ -43,7 +43,7 @@ def test_parse_seeds():
 
 
 def test_t_interval95_matches_students_t():
-    from gctnet.runs import format_interval, t_interval95
+    from gctnet.experiments.stats import format_interval, t_interval95
 
     lo, hi = t_interval95([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd 1.5811, t(4) = 2.776
     assert (lo, hi) == pytest.approx((3 - 1.9631, 3 + 1.9631), abs=1e-3)
@@ -279,7 +279,7 @@ def test_analyze_cli_on_a_run_folder(finished, tmp_path, capsys):
 
 
 def test_check_recipe_compares_paths_by_the_file_they_name(tmp_path, monkeypatch):
-    from gctnet.runs import check_recipe
+    from gctnet.experiments.runner import check_recipe
 
     run = tmp_path / "run"
     run.mkdir()
@@ -291,3 +291,59 @@ def test_check_recipe_compares_paths_by_the_file_they_name(tmp_path, monkeypatch
         check_recipe(run, {"init_from": "other/best.pt", "lr": 0.1})
     with pytest.raises(ValueError, match=r"lr=0.1 \(now 0.2\)"):
         check_recipe(run, {"init_from": "plain/best.pt", "lr": 0.2})
+
+
+def test_a_run_killed_after_its_last_checkpoint_counts_as_finished(finished, tmp_path):
+    """No summary.json / model.safetensors yet: compare finishes it from last.pt instead of retraining it."""
+    import shutil
+
+    copy = shutil.copytree(finished[0], tmp_path / "cmp")
+    run = copy / "runs" / "gct_resnet20" / "seed0"
+    (run / "summary.json").unlink()
+    (run / "model.safetensors").unlink()
+    last = (run / "last.pt").read_bytes()
+    result = compare.run(MODELS, SEEDS, copy, train_options=OPTIONS, log=None, analyze=False)
+    assert result.skipped == 3 and len(result.runs) == 4
+    assert (run / "last.pt").read_bytes() == last  # not trained again
+    assert json.loads((run / "summary.json").read_text())["finished"] and (run / "model.safetensors").is_file()
+    assert read_csv(copy / "runs.csv") == read_csv(finished[0] / "runs.csv")
+
+
+def test_ctrl_c_in_the_first_epoch_then_the_same_command(tmp_path, monkeypatch, capsys):
+    """compare's "run the same command again" must work from every point, also before any validation."""
+    import signal
+
+    import gctnet.train.engine as engine
+    from gctnet.cli import main
+
+    real_step = engine.optimizer_step
+    steps = []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "optimizer_step", step_then_ctrl_c)
+    argv = ["compare", "--models", "resnet20", "--seeds", "0,", "--out", str(tmp_path), "--epochs", "1", "--subset",
+            "128", "--val-subset", "64", "--batch-size", "64", "--model-kwargs", "width=0.5", "--quiet", "--no-analyze"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "saved its progress. Run the same gctnet compare command again to continue." in err
+    assert torch.load(tmp_path / "runs" / "resnet20" / "seed0" / "last.pt", weights_only=True)["epoch"] == 0
+    assert main(argv) == 0
+    assert read_csv(tmp_path / "runs.csv")[0]["epochs"] == "1"
+
+
+def test_imagefolder_data_does_not_keep_the_demo_subset(tmp_path):
+    from helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "imgs", per_class=4)
+    lines: list[str] = []
+    compare.run(["resnet20"], [0], tmp_path / "cmp", preset="demo", log=lines.append, analyze=False,
+                train_options={"data": f"imagefolder:{root}", "epochs": 1, "batch_size": 4,
+                               "model_kwargs": {"width": 0.25}, "quiet": True, "workers": 0})
+    config = json.loads((tmp_path / "cmp" / "runs" / "resnet20" / "seed0" / "config.json").read_text())
+    assert config["subset"] is None and config["_resolved"]["train_samples"] == 8
+    assert any("subset of 12288 Fashion-MNIST images does not apply" in line for line in lines)

@@ -124,7 +124,9 @@ def test_subset_indices_deterministic_per_seed():
     assert not torch.equal(a, subset_indices(1000, 100, seed=2))
     assert len(a.unique()) == 100 and bool((a[1:] > a[:-1]).all())
     assert torch.equal(subset_indices(10, None), torch.arange(10))
-    assert torch.equal(subset_indices(10, 50), torch.arange(10))
+    assert torch.equal(subset_indices(10, 10), torch.arange(10))
+    with pytest.raises(ValueError, match=r"subset 50 is larger than the dataset \(10 samples\)"):
+        subset_indices(10, 50)  # not silently all of it: the run would not be what was asked for
     with pytest.raises(ValueError):
         subset_indices(10, 0)
 

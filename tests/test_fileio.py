@@ -8,7 +8,7 @@ import os
 import pytest
 
 from gctnet import fileio
-from gctnet.runs import write_csv
+from gctnet.experiments.stats import write_csv
 
 
 def test_atomic_write_text_replaces_the_file_whole(tmp_path):

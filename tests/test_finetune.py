@@ -13,6 +13,7 @@ import torch
 from gctnet import finetune
 from gctnet.cli import main as cli_main
 from gctnet.commands import UsageError
+from gctnet.errors import CheckpointError, KeyMismatchError
 from gctnet.train import ConfigError, TrainConfig, load_checkpoint
 from gctnet.train.engine import load_init_weights
 from helpers import read_csv, requires_fashion_mnist
@@ -131,7 +132,7 @@ def test_bad_settings_fail_before_training(tmp_path, finished):
         finetune.run(None, out=tmp_path, finetune_epochs=0, log=None)
     with pytest.raises(finetune.FinetuneError, match="already has GCT"):
         finetune.run(finetune.finetune_dir(out, "gct_resnet20", 0), out=tmp_path, log=None)
-    with pytest.raises(finetune.FinetuneError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         finetune.run(tmp_path / "missing", out=tmp_path, log=None)
     assert not any(tmp_path.iterdir())
 
@@ -184,10 +185,10 @@ def test_init_from_loads_plain_weights_into_the_gct_variant(finished):
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in pre.items())
     # the other way round, and a mismatching width, are clear errors
-    with pytest.raises(ConfigError, match="init_from.*unexpected key"):
+    with pytest.raises(KeyMismatchError, match="init_from.*unexpected key"):
         load_init_weights(create_model("resnet20", num_classes=10, in_chans=1, width=0.25),
                           finetune.finetune_dir(out, "gct_resnet20", 0))
-    with pytest.raises(ConfigError, match="init_from"):
+    with pytest.raises(KeyMismatchError, match="init_from.*shape mismatch"):
         load_init_weights(create_model("resnet20", num_classes=10, in_chans=1), finetune.pretrain_dir(out, 0))
 
 

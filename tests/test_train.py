@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def test_run_writes_all_outputs(tmp_path, fashion):
     assert saved["final_top1"] > 40.0  # chance is 10 %
     assert saved["final_top1"] == pytest.approx(float(rows[1]["val_top1"]))
     assert saved["params"] == sum(p.numel() for p in TinyNet().parameters()) and saved["gct_params"] == 3
-    assert saved["torch_threads"] == torch.get_num_threads() and saved["device"] == "cpu"
+    from gctnet.train.distributed import resolve_threads
+
+    assert saved["torch_threads"] == resolve_threads() and saved["device"] == "cpu"  # gctnet's default
 
     ckpt = load_pt(out / "last.pt")  # weights_only-safe
     assert ckpt["epoch"] == 2 and ckpt["model_name"] == "_test_tiny" and ckpt["config"]["seed"] == 0
@@ -275,6 +278,10 @@ def test_load_checkpoint_model_rejects_foreign_files(tmp_path):
         load_checkpoint_model(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="last.pt"):
         load_checkpoint_model(tmp_path)
+    for name, data in (("empty.pt", b""), ("cut.pt", (tmp_path / "x.pt").read_bytes()[:100]), ("junk.pt", b"junk" * 9)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"cannot read .*{name}.*empty, truncated or not a PyTorch"):
+            load_checkpoint_model(tmp_path / name)
 
 
 # ---------------------------------------------------------------- schedules and config
@@ -439,3 +446,158 @@ def test_fp16_grad_scaler_on_cuda(tmp_path, fashion):
     ckpt = load_pt(tmp_path / "fp16" / "last.pt")
     assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0
     assert evaluate_path(str(tmp_path / "fp16"), device="cuda")["top1"] == summary["final_top1"]
+
+
+# ---------------------------------------------------------------- killed, interrupted, crashed: every resume works
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path, fashion, monkeypatch):
+    """Killed after writing last.pt but before best.pt, summary.json and model.safetensors."""
+    straight = tmp_path / "straight"
+    run(tiny_config(straight))
+    killed = tmp_path / "killed"
+
+    def killed_before_the_summary(self, wall_seconds):
+        raise KeyboardInterrupt  # stands for the kill: nothing after the last checkpoint is written
+
+    monkeypatch.setattr(engine._Trainer, "_finish", killed_before_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(killed))
+    monkeypatch.undo()
+    last = load_pt(killed / "last.pt")
+    assert last["epoch"] == 2 and not (killed / "summary.json").exists()
+    best_epoch = last["metrics"]["best_epoch"]
+    assert best_epoch == 2  # (this recipe's last epoch is its best)
+    old = load_pt(killed / "last.pt")  # as if killed between last.pt and best.pt: best.pt is epoch 1's
+    old["epoch"] = 1
+    atomic_save(old, killed / "best.pt")
+    (killed / ".last.pt.tmp-4242").write_bytes(b"half a checkpoint")  # left by a killed writer
+
+    summary = run(TrainConfig.for_resume(killed))
+    assert summary == {**json.loads((straight / "summary.json").read_text()), "run_dir": str(killed),
+                       **{k: summary[k] for k in ("train_seconds", "wall_seconds", "images_per_sec", "torch_threads")}}
+    assert (killed / "model.safetensors").is_file()
+    assert load_pt(killed / "best.pt")["epoch"] == best_epoch  # agrees with what last.pt records
+    assert load_pt(killed / "last.pt")["global_step"] == last["global_step"]  # nothing trained again
+    assert not list(killed.glob(".*.tmp-*"))
+    with pytest.raises(ConfigError, match="already finished 2 epochs"):
+        run(TrainConfig.for_resume(killed))
+
+
+def test_resume_after_ctrl_c_in_the_first_epoch(tmp_path, fashion):
+    """best_top1 is None before the first validation; the printed resume command must still work."""
+    calls = {"n": 0}
+
+    def raise_sigint(out: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    TRAIN_HOOK["fn"] = raise_sigint
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted, match=r"epoch 1, batch 2/4.*--resume"):
+        run(tiny_config(stopped))
+    TRAIN_HOOK["fn"] = None
+    assert load_pt(stopped / "last.pt")["metrics"]["best_top1"] is None
+    summary = run(TrainConfig.for_resume(stopped))
+    straight = run(tiny_config(tmp_path / "straight"))
+    assert summary["final_top1"] == straight["final_top1"] and summary["best_epoch"] == straight["best_epoch"]
+
+
+def test_a_start_that_fails_leaves_nothing_behind(tmp_path, fashion):
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError, match="subset 100000 is larger than the train split of fashion_mnist"):
+        run(tiny_config(out, subset=100000))
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "keep"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="larger than"):
+        run(tiny_config(existing, subset=100000))
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_changes_nothing_when_the_start_fails(tmp_path, fashion):
+    out = tmp_path / "run"
+    run(tiny_config(out, epochs=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match="larger than"):
+        run(tiny_config(out, epochs=1, subset=100000, overwrite=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, fashion, monkeypatch):
+    import errno
+
+    from gctnet import fileio
+    from gctnet.errors import WriteError
+
+    out = tmp_path / "run"
+    run(tiny_config(out, epochs=1))
+    before = (out / "last.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if "last.pt" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    with pytest.raises(WriteError, match=rf"^cannot write {out}/last.pt: No space left on device"):
+        run(TrainConfig.for_resume(out, epochs=2))
+    monkeypatch.undo()
+    assert (out / "last.pt").read_bytes() == before and not list(out.glob(".*.tmp-*"))
+    assert run(TrainConfig.for_resume(out, epochs=2))["epochs"] == 2  # and it resumes from there
+
+
+def test_cli_options_come_from_train_config():
+    """Every TrainConfig field is an option of gctnet train with its choices and default; compare and
+    finetune offer the same options (minus what they set per run) through the same function."""
+    import argparse
+    import dataclasses
+
+    from gctnet.commands import compare as compare_command
+    from gctnet.commands import finetune as finetune_command
+    from gctnet.commands import train as train_command
+    from gctnet.train.config import AMP_CHOICES, OPT_CHOICES
+
+    def options(module, title=None) -> dict:
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.dest: a for group in parser._action_groups for a in group._group_actions
+                if title is None or group.title == title}
+
+    train_opts = options(train_command)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(fields) <= set(train_opts)
+    assert tuple(train_opts["opt"].choices) == OPT_CHOICES and tuple(train_opts["amp"].choices) == AMP_CHOICES
+    assert "default: 128" in train_opts["batch_size"].help and train_opts["augment"].option_strings == ["--no-augment"]
+    for command in (compare_command, finetune_command):
+        given = options(command, command._TRAIN_GROUP)
+        assert set(given) == set(fields) - set(command.PER_RUN)
+        assert "default:" not in given["batch_size"].help  # there the preset's value applies, not TrainConfig's
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--epochs", "3", "--no-augment", "--amp", "--model-kwargs", "width=0.5", "--wd", "0"])
+    assert train_command.config_options(args) == {"epochs": 3, "augment": False, "amp": "auto",
+                                                 "model_kwargs": {"width": 0.5}, "weight_decay": 0.0}
+
+
+def test_threads_default_and_option(tmp_path, fashion, monkeypatch):
+    from gctnet.train.distributed import resolve_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_threads() == max(1, cores - 1)  # one core left for the rest of a shared machine
+    assert resolve_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert resolve_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert resolve_threads() == torch.get_num_threads()  # the user's (or torchrun's) choice wins
+    before = torch.get_num_threads()
+    summary = run(tiny_config(tmp_path / "t", epochs=1, threads=2))
+    assert summary["torch_threads"] == 2 and torch.get_num_threads() == before  # restored afterwards
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        TrainConfig(threads=0).validate()

@@ -1,7 +1,10 @@
 """The ``gctnet`` command line: parses arguments and calls library functions, nothing else.
 
 Each sub-command lives in :mod:`gctnet.commands.<name>` with two functions:
-``add_arguments(parser)`` and ``run(args) -> int``.
+``add_arguments(parser)`` and ``run(args) -> int``.  :func:`main` is the one place where errors
+become exit statuses: a :class:`gctnet.errors.GctnetError` is one line ``gctnet CMD: error: ...``
+and its ``exit_code`` (2 for settings, 1 for runs that failed), an interruption 128 + the signal,
+anything else a traceback (a bug to fix, not a usage error).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .commands import UsageError
+from .errors import GctnetError, TrainingInterrupted
 
 COMMANDS = {
     "train": "train a model (single process or under torchrun)",
@@ -62,11 +65,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(2, f"gctnet: error: {exc}\n")
     try:
         return int(args._module.run(args) or 0)
-    except UsageError as exc:
-        parser.exit(2, f"gctnet {args.command}: error: {exc}\n")
+    except GctnetError as exc:
+        # SystemExit, like argparse's own usage errors, so that callers and tests see one behaviour
+        parser.exit(exc.exit_code, f"gctnet {args.command}: error: {exc}\n")
+    except TrainingInterrupted as exc:  # the message says what was saved and how to continue
+        print(f"gctnet {args.command}: {exc}", file=sys.stderr)
+        return 128 + int(exc.signum)
     except KeyboardInterrupt:
         print("gctnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `gctnet eval --json - | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 128 + 13  # as if killed by SIGPIPE
     return 0
 
 

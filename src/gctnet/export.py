@@ -26,15 +26,14 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .errors import ExportMismatchError
+from .fileio import atomic_write_path
+
 __all__ = ["export_onnx", "run_onnx", "verify_onnx", "export_program", "ExportMismatchError", "EXPORTERS"]
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 Example = Union[Tensor, Tuple[Tensor, ...]]
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class ExportMismatchError(AssertionError):
-    """The exported graph's outputs differ from PyTorch's beyond the tolerance."""
 
 
 def _as_tuple(example: Example) -> Tuple[Tensor, ...]:
@@ -155,14 +154,14 @@ def export_onnx(
     with _eval_mode(model):
         if exporter in ("auto", "dynamo"):
             try:
-                _export_dynamo(model, inputs, os.fspath(out), names, dynamic_batch, opset)
+                atomic_write_path(out, lambda tmp: _export_dynamo(model, inputs, os.fspath(tmp), names, dynamic_batch, opset))
                 return out
             except Exception as exc:  # noqa: BLE001 - reported, then the legacy exporter is tried
                 if exporter == "dynamo":
                     raise
                 warnings.warn(f"dynamo ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}); "
                               "falling back to the TorchScript exporter (dynamo=False)", RuntimeWarning)
-        _export_torchscript(model, inputs, os.fspath(out), names, dynamic_batch, opset)
+        atomic_write_path(out, lambda tmp: _export_torchscript(model, inputs, os.fspath(tmp), names, dynamic_batch, opset))
     return out
 
 

@@ -550,43 +550,6 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]  # keys of the checkpoint the model does not have (strict=False only)
 
 
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"plain checkpoint not found: {path!r}")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(path)
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        sd = source
-    if not isinstance(sd, Mapping):
-        raise TypeError(f"expected a state_dict (a mapping of names to tensors) or a path, got {type(sd).__name__}")
-    # unwrap {"state_dict": {...}, "epoch": ...}-style training checkpoints
-    for key in _WRAPPER_KEYS:
-        inner = sd.get(key)
-        if isinstance(inner, Mapping) and inner and not any(isinstance(v, Tensor) for v in sd.values()):
-            sd = inner
-            break
-    out = dict(sd)
-    for prefix in _PREFIXES:  # DDP / torch.compile wrappers
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
-    return out
-
-
-def _preview(keys: Sequence[str], n: int = 8) -> str:
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
 def load_plain_weights(
     model: nn.Module,
     state_dict_or_path: Union[str, os.PathLike, Mapping[str, Any]],
@@ -596,26 +559,32 @@ def load_plain_weights(
 
     Accepts a state_dict, a training checkpoint dict holding one under ``state_dict``/``model``, or a
     path (``torch.load(weights_only=True)`` or ``.safetensors``); ``module.``/``_orig_mod.`` prefixes
-    are stripped.  GCT parameters absent from the checkpoint are reported and left unchanged (a fresh
-    GCT is the identity).  With ``strict=True`` any other missing key or any unexpected key raises a
-    ``RuntimeError`` *before* anything is loaded; with ``strict=False`` they are returned (and warned).
+    are stripped (all read by :func:`gctnet.checkpoints.state_dict`).  GCT parameters absent from the
+    checkpoint are reported and left unchanged (a fresh GCT is the identity).  With ``strict=True`` any
+    other missing key or any unexpected key raises :class:`gctnet.errors.KeyMismatchError` (a
+    ``RuntimeError``) *before* anything is loaded; with ``strict=False`` they are returned (and warned).
     """
-    sd = _read_state_dict(state_dict_or_path)
+    from .checkpoints import describe_mismatch, state_dict
+
+    sd = state_dict(state_dict_or_path)
     gct_prefixes = tuple(f"{name}." if name else "" for name, _ in gct_modules(model))
-    model_keys = list(model.state_dict().keys())
-    missing = [k for k in model_keys if k not in sd]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
     missing_gct = [k for k in missing if gct_prefixes and k.startswith(gct_prefixes)]
     missing_other = [k for k in missing if k not in set(missing_gct)]
-    key_set = set(model_keys)
-    unexpected = [k for k in sd if k not in key_set]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+              for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    if shapes:  # never loadable, strict or not
+        from .errors import KeyMismatchError
+
+        raise KeyMismatchError(f"the checkpoint does not fit the model: {describe_mismatch([], [], shapes)}")
     if missing_other or unexpected:
-        msg = (
-            f"the checkpoint does not match the model outside its GCT parameters: "
-            f"{len(missing_other)} missing key(s) [{_preview(missing_other)}], "
-            f"{len(unexpected)} unexpected key(s) [{_preview(unexpected)}]"
-        )
+        msg = f"the checkpoint does not match the model outside its GCT parameters: {describe_mismatch(missing_other, unexpected)}"
         if strict:
-            raise RuntimeError(msg + " (only GCT keys may be missing; pass strict=False to load the rest)")
+            from .errors import KeyMismatchError
+
+            raise KeyMismatchError(msg + " (only GCT keys may be missing; pass strict=False to load the rest)")
         warnings.warn(msg, stacklevel=2)
     model.load_state_dict(sd, strict=False)
     return LoadResult(missing_gct, missing_other, unexpected)

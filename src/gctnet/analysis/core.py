@@ -66,20 +66,9 @@ class _Loaded:
     config: dict[str, Any] = field(default_factory=dict)  # the training config of gctnet runs
 
 
-def _classifier_size(checkpoint: dict[str, Any]) -> int:
-    """Rows of the ``fc.weight`` of an official-style checkpoint (1000 for ImageNet), default 1000."""
-    state = checkpoint.get("state_dict", checkpoint)
-    for key in ("fc.weight", "module.fc.weight"):
-        weight = state.get(key) if isinstance(state, dict) else None
-        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-            return int(weight.shape[0])
-    return 1000
-
-
 def load_source(source: Source) -> _Loaded:
-    """Model behind ``source``: an ``nn.Module`` (used as is), a gctnet run folder or checkpoint file
-    (via :func:`gctnet.train.load_checkpoint_model`), or the official GCT-ResNet-50 checkpoint (via
-    :func:`gctnet.load_official_checkpoint`)."""
+    """Model behind ``source``: an ``nn.Module`` (used as is), a gctnet run folder or checkpoint file,
+    or the official GCT-ResNet-50 checkpoint (any file read once by :mod:`gctnet.checkpoints`)."""
     if isinstance(source, nn.Module):
         return _Loaded(source, type(source).__name__, "module")
     if not isinstance(source, (str, os.PathLike)):
@@ -87,27 +76,21 @@ def load_source(source: Source) -> _Loaded:
             "analyze takes an nn.Module, a gctnet run folder, a checkpoint file or a list of these; "
             f"got {type(source).__name__}"
         )
+    from ..checkpoints import read
+    from ..errors import KeyMismatchError
+    from ..models.official import load_official_checkpoint
+    from ..train.checkpoint import is_gctnet_checkpoint, model_from_checkpoint, resolve_checkpoint
+
     path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no such run folder or checkpoint: {path}")
-    from ..train import load_checkpoint_model
-
-    if path.is_dir():
-        model, ckpt = load_checkpoint_model(path)
-        return _Loaded(model, str(path), "run", dict(ckpt.get("config") or {}))
-    from ..models.official import CheckpointError, load_official_checkpoint, read_checkpoint
-
-    obj = read_checkpoint(path)  # safe: tensors and plain containers only; .safetensors too
-    if "model_name" in obj:
-        model, ckpt = load_checkpoint_model(path)
-        return _Loaded(model, str(path), "checkpoint", dict(ckpt.get("config") or {}))
+    obj = read(resolve_checkpoint(path, "last"))
+    if is_gctnet_checkpoint(obj):
+        return _Loaded(model_from_checkpoint(obj), str(path), "run" if path.is_dir() else "checkpoint",
+                       dict(obj.get("config") or {}))
     try:
-        return _Loaded(load_official_checkpoint(obj, num_classes=_classifier_size(obj)), str(path), "official")
-    except CheckpointError as exc:
-        raise ValueError(
-            f"{path} is neither a gctnet checkpoint (it has no 'model_name' entry) nor a checkpoint of the "
-            f"official GCT-ResNet-50 ({exc})"
-        ) from exc
+        return _Loaded(load_official_checkpoint(obj), str(path), "official")
+    except KeyMismatchError as exc:
+        raise KeyMismatchError(f"{path} is neither a gctnet checkpoint nor one of the official GCT-ResNet-50 "
+                               f"({exc})") from None
 
 
 def _dataset_from_config(config: dict[str, Any]) -> tuple[Optional[Any], str]:

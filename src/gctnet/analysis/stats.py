@@ -23,6 +23,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import WRAPPER_PREFIXES
+from ..errors import SettingsError
 from ..functional import gct_gate
 from ..layers import GCT
 from ..surgery import gct_modules
@@ -41,10 +43,6 @@ __all__ = [
 ]
 
 ModelOrModels = Union[nn.Module, Sequence[nn.Module]]
-
-# wrapper prefixes that carry no architectural meaning (DDP / DataParallel, torch.compile)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
 
 # --------------------------------------------------------------------------------------------------
 # small helpers
@@ -93,20 +91,21 @@ def _as_models(model_or_models: ModelOrModels) -> list[nn.Module]:
 
 
 def _strip_wrappers(name: str) -> str:
+    """A module name without the prefixes of wrapped models (:data:`gctnet.checkpoints.WRAPPER_PREFIXES`)."""
     changed = True
     while changed:
         changed = False
-        for prefix in _WRAPPER_PREFIXES:
+        for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
     return name
 
 
 def find_gct_modules(model: nn.Module) -> list[tuple[str, GCT]]:
-    """``(name, GCT)`` pairs of ``model`` in network order; raises ``ValueError`` when there are none."""
+    """``(name, GCT)`` pairs of ``model`` in network order; :class:`SettingsError` when there are none."""
     pairs = list(gct_modules(model))
     if not pairs:
-        raise ValueError(
+        raise SettingsError(
             f"{type(model).__name__} contains no gctnet.GCT modules; the analysis needs a model with GCT "
             "layers (e.g. create_model('gct_resnet20') or gctnet.apply_gct(model))"
         )
@@ -120,14 +119,14 @@ def _common_layers(models: list[nn.Module]) -> list[tuple[str, list[GCT]]]:
     for i, pairs in enumerate(per_model[1:], start=1):
         other = [_strip_wrappers(n) for n, _ in pairs]
         if other != names:
-            raise ValueError(
+            raise SettingsError(
                 "models to pool must have the same GCT layers in the same order; model 0 has "
                 f"{len(names)} ({', '.join(names[:3])}...), model {i} has {len(other)} "
                 f"({', '.join(other[:3])}...)"
             )
         for (n, m), m0 in zip(pairs, (p[1] for p in per_model[0])):
             if m.channels != m0.channels:
-                raise ValueError(f"GCT layer {n!r} has {m0.channels} channels in model 0 but {m.channels} in model {i}")
+                raise SettingsError(f"GCT layer {n!r} has {m0.channels} channels in model 0 but {m.channels} in model {i}")
     return [(name, [pairs[j][1] for pairs in per_model]) for j, name in enumerate(names)]
 
 

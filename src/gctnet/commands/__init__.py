@@ -1,12 +1,12 @@
 """One module per ``gctnet`` sub-command: ``add_arguments(parser)`` and ``run(args) -> int``.
 
-Command modules only parse and call library functions.  They raise :class:`UsageError` for invalid
-argument combinations; the CLI prints it as a usage error (exit status 2) instead of a traceback.
+Command modules only parse and call library functions.  Errors are not caught here: gctnet's own
+(:mod:`gctnet.errors`) become a one-line message and an exit status in :func:`gctnet.cli.main`.
 """
 
+from ..errors import UsageError
 
-class UsageError(Exception):
-    """Invalid command-line arguments (printed as ``gctnet CMD: error: ...``, exit 2)."""
+__all__ = ["UsageError", "check_output_file"]
 
 
 def check_output_file(option: str, path: str) -> None:

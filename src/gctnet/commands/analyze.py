@@ -10,7 +10,6 @@ Writes analysis.json, analysis.md and PNG figures to --out.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from . import UsageError
@@ -50,21 +49,15 @@ def run(args: argparse.Namespace) -> int:
         first = sources[0]
         out = (first if first.is_dir() else first.parent) / "analysis"
     data = False if args.no_data else args.data
-    try:
-        result = analyze(
-            [str(s) for s in sources],
-            data=data,
-            data_dir=args.data_dir,
-            batches=args.batches,
-            batch_size=args.batch_size,
-            device=args.device,
-            out=out,
-        )
-    except (ValueError, TypeError) as exc:  # not a checkpoint gctnet can read, no GCT in it, bad --data spec
-        raise UsageError(str(exc)) from exc
-    except FileNotFoundError as exc:  # the dataset named by --data is not installed
-        print(f"gctnet analyze: error: {exc}", file=sys.stderr)
-        return 1
+    result = analyze(
+        [str(s) for s in sources],
+        data=data,
+        data_dir=args.data_dir,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=out,
+    )
     print(f"{len(result.layers)} GCT layers; gate statistics: {result.gate_note}")
     print(result.conclusion)
     print(f"report: {Path(out) / 'analysis.md'}")

@@ -11,24 +11,15 @@ accepted and applied identically to every run; it overrides the preset.
 from __future__ import annotations
 
 import argparse
-import copy
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from . import UsageError
+from .train import add_config_arguments, config_options
 
-# train options that compare sets per run; --recipe is replaced by --preset
-_PER_RUN = {"model", "out", "seed", "resume", "overwrite", "recipe", "help"}
+#: TrainConfig fields compare sets per run (its own --models, --seeds, --out)
+PER_RUN = ("model", "seed", "out", "resume", "overwrite")
 _TRAIN_GROUP = "training options (applied to every run; override the preset)"
-
-
-def train_actions() -> list[argparse.Action]:
-    from . import train as train_command
-
-    scratch = argparse.ArgumentParser(add_help=False)
-    train_command.add_arguments(scratch)
-    return [a for a in scratch._actions if a.dest not in _PER_RUN and not isinstance(a, argparse._HelpAction)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,33 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--analysis-images", type=int, default=256, metavar="N",
         help="validation images for the gate statistics of the analysis (default 256)",
     )
-    group = parser.add_argument_group(_TRAIN_GROUP)
-    for action in train_actions():
-        action = copy.copy(action)
-        action.default = argparse.SUPPRESS  # only options given on the command line reach the runs
-        action.required = False
-        group._add_action(action)
-
-
-def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The training options given on the command line, as TrainConfig fields."""
-    options = {a.dest: getattr(args, a.dest) for a in train_actions() if hasattr(args, a.dest)}
-    if "model_kwargs" in options:  # KEY=VALUE pairs
-        options["model_kwargs"] = dict(options["model_kwargs"])
-    return options
+    add_config_arguments(parser, exclude=PER_RUN, group=_TRAIN_GROUP, show_defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import compare
 
-    try:
-        models = compare.parse_models(args.models)
-        seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
-    except compare.CompareError as exc:
-        raise UsageError(str(exc)) from exc
+    models = compare.parse_models(args.models)
+    seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.analysis_images < 1:
         raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
-    options = train_options_from_args(args)
+    options = config_options(args, exclude=PER_RUN)
     return run_experiment("compare", lambda: compare.run(
         models,
         seeds,
@@ -91,28 +66,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_experiment(command: str, call: Callable[[], Any], report: Callable[[Any], str]) -> int:
-    """Run an experiment for ``gctnet COMMAND`` and turn its outcome into an exit status.
+    """Run an experiment for ``gctnet COMMAND``, print ``report(result)`` and return 0.
 
-    Bad settings (or existing runs made with other ones) are a :class:`UsageError`; an interruption
-    prints how to continue and returns 128 + the signal (the engine saved ``last.pt``; the same command
-    resumes); a non-finite loss or unreadable data print the error and return 1; otherwise
-    ``report(result)`` is printed and 0 returned.
+    An interruption keeps the engine's message but says to run the same command again (it resumes).
     """
-    from ..compare import CompareError
-    from ..data import BadImageError, DatasetNotFoundError
-    from ..train import NonFiniteLossError, TrainingInterrupted
-    from ..train.config import ConfigError
+    from ..train import TrainingInterrupted
 
     try:
         result = call()
-    except (CompareError, ConfigError) as exc:  # bad settings, or runs made with other settings
-        raise UsageError(str(exc)) from exc
     except TrainingInterrupted as exc:
-        print(f"gctnet {command}: interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
-              "command again to continue.", file=sys.stderr)
-        return 128 + int(exc.signum)
-    except (NonFiniteLossError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet {command}: error: {exc}", file=sys.stderr)
-        return 1
+        raise TrainingInterrupted(f"interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
+                                  "command again to continue.", exc.signum, exc.run_dir) from None
     print(report(result))
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Dict
 
 from . import UsageError, check_output_file
@@ -31,20 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default for a run's own data: its --val-subset)")
     parser.add_argument("--image-size", type=int, help="ImageFolder evaluation size")
     parser.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
-    parser.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default 1000)")
+    parser.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: its classifier's size)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's, else 256)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for ImageFolder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op CPU threads (default: as for "
+                        "gctnet train: one less than the cores, at least 1; OMP_NUM_THREADS wins when set)")
     parser.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16", "none"],
                         help="autocast dtype (default: the run's)")
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' = stdout only)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import BadImageError, DatasetNotFoundError
     from ..train import evaluate_path, format_eval_table
 
-    for name in ("subset", "batch_size", "num_classes", "image_size"):
+    for name in ("subset", "batch_size", "num_classes", "image_size", "threads"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -52,18 +52,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     if args.json and args.json != "-":
         check_output_file("--json", args.json)
-    try:
-        result: Dict[str, Any] = evaluate_path(
-            args.path, which=args.which, data=args.data, data_dir=args.data_dir, split=args.split,
-            subset=args.subset, image_size=args.image_size, skip_bad_images=args.skip_bad_images,
-            num_classes=args.num_classes, batch_size=args.batch_size, workers=args.workers,
-            device=args.device, amp=args.amp,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    except (FileNotFoundError, DatasetNotFoundError, BadImageError) as exc:
-        print(f"gctnet eval: error: {exc}", file=sys.stderr)
-        return 1
+    import torch
+
+    from ..train.distributed import resolve_threads
+
+    torch.set_num_threads(resolve_threads(args.threads))
+    result: Dict[str, Any] = evaluate_path(
+        args.path, which=args.which, data=args.data, data_dir=args.data_dir, split=args.split,
+        subset=args.subset, image_size=args.image_size, skip_bad_images=args.skip_bad_images,
+        num_classes=args.num_classes, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, amp=args.amp,
+    )
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0

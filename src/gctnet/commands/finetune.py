@@ -16,10 +16,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 from . import UsageError
+from .train import add_config_arguments, config_options, key_value
+
+#: TrainConfig fields finetune sets per run (its own --model, --seeds, --out; init_from: the pretrained weights)
+PER_RUN = ("model", "seed", "out", "resume", "overwrite", "init_from")
 
 _TRAIN_GROUP = ("pretraining options (override the preset; with --plain only the execution options "
                 "--workers/--device/--quiet/--log-interval/--tensorboard/--compile/--deterministic/--data-dir/"
@@ -28,8 +31,6 @@ _TRAIN_GROUP = ("pretraining options (override the preset; with --plain only the
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..compare import PRESETS
-    from .compare import train_actions
-    from .train import key_value
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--plain", default=None, metavar="RUN_OR_CHECKPOINT",
@@ -49,26 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-option", dest="finetune_options", nargs="+", type=key_value, default=[],
                         metavar="KEY=VALUE", help="TrainConfig fields overriding the fine-tuning recipe, "
                         "e.g. sched=constant batch_size=64 (values parsed as Python literals)")
-    group = parser.add_argument_group(_TRAIN_GROUP)
-    for action in train_actions():
-        if action.dest == "model":
-            continue
-        action = copy.copy(action)
-        action.default = argparse.SUPPRESS
-        action.required = False
-        group._add_action(action)
+    add_config_arguments(parser, exclude=PER_RUN, group=_TRAIN_GROUP, show_defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import finetune
-    from ..compare import CompareError, parse_seeds
-    from .compare import run_experiment, train_options_from_args
+    from ..compare import parse_seeds
+    from .compare import run_experiment
 
-    try:
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    except CompareError as exc:
-        raise UsageError(str(exc)) from exc
-    pretrain = train_options_from_args(args)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    pretrain = config_options(args, exclude=PER_RUN)
     finetune_options = dict(args.finetune_options)
     if args.plain is not None:
         # how to run (not what to compute) still applies: to the fine-tuning runs

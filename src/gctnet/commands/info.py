@@ -65,10 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-classes must be >= 1, got {args.num_classes}")
     model_kwargs = {}
     for name in args.models:  # fail on a typo before spending time on the other models
-        try:
-            entry = get_model_entry(name)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        entry = get_model_entry(name)  # SettingsError naming close matches
         if not args.gct_checkpoint and name.startswith("gct_"):
             if "gct_kwargs" not in inspect.signature(entry.fn).parameters:
                 raise UsageError(f"--no-gct-checkpoint: model {name!r} does not take gct_kwargs")
@@ -84,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
                 num_classes=args.num_classes,
                 model_kwargs=model_kwargs.get(name),
             )
-        except ValueError as exc:  # e.g. an input too small for the model, BatchNorm with batch 1
-            raise UsageError(f"{name}: {exc}") from None
-        except RuntimeError as exc:  # the model cannot run on this input (wrong rank or channels)
-            first = str(exc).strip().splitlines()[0]
+        except (ValueError, RuntimeError) as exc:
+            if args.input_size is None:  # the model's own input size: a failure is a bug, keep its traceback
+                raise
+            first = str(exc).strip().splitlines()[0]  # e.g. an input too small for the model
             raise UsageError(f"{name} cannot run on --input-size {args.input_size}: {first}") from None
         rows.append(replace(info, name=f"{name} (no ckpt)") if name in model_kwargs else info)
     if args.json:

@@ -22,11 +22,11 @@ from typing import Optional, Tuple
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..errors import DatasetNotFoundError, SettingsError
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    DatasetNotFoundError,
     download_fashion_mnist,
     find_fashion_mnist,
     load_fashion_mnist_arrays,
@@ -91,27 +91,35 @@ class DatasetInfo:
 
 
 def parse_data_spec(spec: "str | DataSpec") -> DataSpec:
-    """``"fashion_mnist"`` or ``"imagefolder:PATH"`` -> :class:`DataSpec` (``ValueError`` otherwise)."""
+    """``"fashion_mnist"`` or ``"imagefolder:PATH"`` -> :class:`DataSpec` (:class:`SettingsError` otherwise)."""
     if isinstance(spec, DataSpec):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"data spec must be a non-empty str, got {spec!r}")
+        raise SettingsError(f"data spec must be a non-empty str, got {spec!r}")
     if spec.lower() in _FASHION_NAMES:
         return DataSpec("fashion_mnist")
     kind, sep, path = spec.partition(":")
     if kind.lower() == "imagefolder" and sep:
         if not path:
-            raise ValueError("imagefolder data spec needs a path: imagefolder:PATH")
+            raise SettingsError("imagefolder data spec needs a path: imagefolder:PATH")
         return DataSpec("imagefolder", str(Path(path).expanduser()))
-    raise ValueError(f"unknown data spec {spec!r}; expected 'fashion_mnist' or 'imagefolder:PATH'")
+    raise SettingsError(f"unknown dataset {spec!r}; expected 'fashion_mnist' or 'imagefolder:PATH' "
+                        "(PATH/train/<class>/*.jpg, PATH/val/<class>/*.jpg)")
 
 
-def subset_indices(n: int, subset: Optional[int], seed: int = 0) -> torch.Tensor:
-    """A deterministic random subset of ``range(n)`` of size ``subset`` (sorted; all of it if ``None``)."""
-    if subset is None or subset >= n:
+def subset_indices(n: int, subset: Optional[int], seed: int = 0, what: str = "the dataset") -> torch.Tensor:
+    """A deterministic random subset of ``range(n)`` of size ``subset`` (sorted; all of it if ``None``).
+
+    A subset larger than the data is a :class:`SettingsError` naming the size (``what`` says of what):
+    silently using all of it would make a run with a bigger ``subset`` look like a different
+    experiment than it is.
+    """
+    if subset is None or subset == n:
         return torch.arange(n)
     if subset <= 0:
-        raise ValueError(f"subset must be a positive number of samples, got {subset}")
+        raise SettingsError(f"subset must be a positive number of samples, got {subset}")
+    if subset > n:
+        raise SettingsError(f"subset {subset} is larger than {what} ({n} samples); give at most {n} or none")
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randperm(n, generator=gen)[:subset].sort().values
 
@@ -120,7 +128,9 @@ def _folder_classes(root: str) -> Tuple[str, ...]:
     train = folder_split_dir(root, "train")
     classes = sorted(e.name for e in os.scandir(train) if e.is_dir())
     if not classes:
-        raise FileNotFoundError(f"{train} has no class sub-folders (expected {train}/<class>/<image files>)")
+        raise DatasetNotFoundError(f"{train} has no class sub-folders (expected {train}/<class>/<image files>)")
+    if len(classes) < 2:
+        raise SettingsError(f"{train} has a single class folder ({classes[0]}); a classifier needs at least 2")
     return tuple(classes)
 
 
@@ -178,7 +188,7 @@ def load_dataset(
         transform = TensorTransform(info.mean, info.std, crop_padding=pad, hflip=augment)
         dataset = TensorImageDataset(images, labels, transform, info.classes)
         if subset is not None:
-            dataset = dataset.subset(subset_indices(len(dataset), subset, subset_seed))
+            dataset = dataset.subset(subset_indices(len(dataset), subset, subset_seed, f"the {split} split of {ds}"))
         return dataset
     assert ds.path is not None
     class_to_idx = {c: i for i, c in enumerate(info.classes)}
@@ -189,5 +199,5 @@ def load_dataset(
         skip_bad_images=skip_bad_images,
     )
     if subset is not None:
-        dataset = Subset(dataset, subset_indices(len(dataset), subset, subset_seed).tolist())
+        dataset = Subset(dataset, subset_indices(len(dataset), subset, subset_seed, f"the {split} split of {ds}").tolist())
     return dataset

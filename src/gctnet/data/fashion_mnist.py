@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import DatasetNotFoundError
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
@@ -60,10 +62,6 @@ _HOW_TO_GET = (
     "    and pass --data-dir FOLDER or set GCTNET_DATA=FOLDER\n"
     "  * or let torchvision download it once: gctnet train --download --data-dir FOLDER"
 )
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset files are not where gctnet looked; the message says where it looked and how to get them."""
 
 
 def read_idx(path: "str | os.PathLike[str]") -> np.ndarray:

@@ -21,6 +21,8 @@ from torchvision import transforms as T
 from torchvision.datasets import DatasetFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import BadImageError, DatasetNotFoundError, SettingsError
+
 __all__ = [
     "BadImageError",
     "ImageFolderDataset",
@@ -38,22 +40,18 @@ SMALL_IMAGE_MAX = 64  # images up to this size get the small-image (crop + pad) 
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "test")}
 
 
-class BadImageError(RuntimeError):
-    """An image file could not be read or decoded (the message names the file)."""
-
-
 def folder_split_dir(root: "str | os.PathLike[str]", split: str) -> Path:
     """``ROOT/train`` or ``ROOT/val`` (also ``validation``/``test`` for val); clear error when absent."""
     root = Path(root).expanduser()
     if split not in _SPLIT_DIRS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_DIRS)}, got {split!r}")
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected ROOT/train/<class>/... and ROOT/val/<class>/...)")
+        raise DatasetNotFoundError(f"image folder {root} does not exist (expected ROOT/train/<class>/... and ROOT/val/<class>/...)")
     for name in _SPLIT_DIRS[split]:
         if (root / name).is_dir():
             return root / name
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    raise FileNotFoundError(
+    raise DatasetNotFoundError(
         f"image folder {root} has no {' or '.join(_SPLIT_DIRS[split])}/ sub-folder (found: {found or 'nothing'}); "
         "expected ImageNet layout ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg"
     )
@@ -65,7 +63,7 @@ def _open_rgb(path: str) -> Image.Image:
             img = Image.open(fh)
             return img.convert("RGB")  # forces the full decode while the file is open
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImageError(f"cannot read image {path}: {exc}") from None
+        raise BadImageError(f"cannot read image {path}: {exc} (pass --skip-bad-images to skip unreadable images)") from None
 
 
 def probe_image_size(folder: "str | os.PathLike[str]") -> int:
@@ -78,7 +76,7 @@ def probe_image_size(folder: "str | os.PathLike[str]") -> int:
                         return max(img.size)
                 except (OSError, ValueError, SyntaxError):
                     continue
-    raise FileNotFoundError(f"no readable image ({', '.join(IMG_EXTENSIONS)}) under {folder}")
+    raise DatasetNotFoundError(f"no readable image ({', '.join(IMG_EXTENSIONS)}) under {folder}")
 
 
 def imagefolder_transform(
@@ -124,7 +122,7 @@ class ImageFolderDataset(DatasetFolder):
             return classes, mapping
         unknown = sorted(set(classes) - set(self._fixed_classes))
         if unknown:
-            raise ValueError(f"{directory} has class folders not present in train/: {unknown}")
+            raise SettingsError(f"{directory} has class folders not present in train/: {', '.join(unknown)}")
         return classes, {c: self._fixed_classes[c] for c in classes}
 
     def __getitem__(self, index: int) -> Any:

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from ..errors import BadImageError
 from .memory import TensorImageDataset
 
 __all__ = ["TensorBatches", "LoaderBatches", "make_batches", "collate_skip_none", "batch_seed"]
@@ -123,10 +124,22 @@ class LoaderBatches(_IndexBatches):
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
-        for x, y, skipped in self.loader:
-            self.skipped += skipped
-            if x is not None:
-                yield x, y
+        try:
+            for x, y, skipped in self.loader:
+                self.skipped += skipped
+                if x is not None:
+                    yield x, y
+        except BadImageError as exc:  # from a worker, its message is the worker's whole traceback
+            raise BadImageError(_worker_message(exc)) from None
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original one-line message of an exception a DataLoader worker raised (the last line of the
+    traceback text the DataLoader puts into the message it re-raises), or the message itself."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(name):] if last.startswith(name) else str(exc)
 
 
 def make_batches(

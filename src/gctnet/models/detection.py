@@ -25,7 +25,9 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .official import CheckpointError, official_to_gctnet, read_checkpoint, resnet50_official
+from ..checkpoints import describe_mismatch
+from ..errors import KeyMismatchError
+from .official import official_to_gctnet, resnet50_official
 from .registry import register_model
 
 __all__ = ["maskrcnn_resnet50_fpn", "gct_maskrcnn_resnet50_fpn", "BACKBONES"]
@@ -35,25 +37,21 @@ _CFG = {"input_size": (3, 800, 800), "mean": (0.485, 0.456, 0.406), "std": (0.22
 
 
 def _load_backbone_weights(body: nn.Module, source: Union[str, "os.PathLike[str]", Mapping[str, Any]]) -> None:
-    """Load an ImageNet classification checkpoint (official or gctnet layout) into ``body``; the
-    classifier (``fc.*``) is dropped.  Read safely (``weights_only=True``)."""
-    checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
+    """Load an ImageNet classification checkpoint (official or gctnet layout; a path or a mapping, read
+    by :mod:`gctnet.checkpoints`) into ``body``; the classifier (``fc.*``) is dropped."""
     # FrozenBatchNorm2d has no num_batches_tracked; the classifier is not part of the backbone
-    state = {k: v for k, v in official_to_gctnet(checkpoint).items()
+    state = {k: v for k, v in official_to_gctnet(source).items()
              if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     expected = {k: v for k, v in body.state_dict().items() if not k.startswith("fc.")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if state[k].numel() != expected[k].numel())
-    if missing or unexpected or mismatched:
-        def show(keys: list) -> str:
-            return f"{len(keys)} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-
-        raise CheckpointError(
-            "backbone_weights do not fit the detection backbone: "
-            f"missing keys {show(missing)}, unexpected keys {show(unexpected)}, "
-            f"shape mismatches {show(mismatched)}. Use backbone='official' for the authors' checkpoint "
-            "(official key layout) and backbone='torchvision' for gctnet's gct_resnet50."
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(state) & set(expected) if state[k].numel() != expected[k].numel())
+    if missing or unexpected or shapes:
+        raise KeyMismatchError(
+            f"backbone_weights do not fit the detection backbone: {describe_mismatch(missing, unexpected, shapes)}. "
+            "Use backbone='official' for the authors' checkpoint (official key layout) and backbone='torchvision' "
+            "for gctnet's gct_resnet50."
         )
     body.load_state_dict(state, strict=False)  # only fc.* and num_batches_tracked are absent
 

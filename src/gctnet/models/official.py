@@ -25,13 +25,13 @@ official checkpoint key                    gctnet key
 =========================================  ===========================================
 
 Files are read with ``torch.load(..., weights_only=True)`` only (or safetensors): nothing in a checkpoint
-is ever executed.  A file that needs full unpickling is refused with :class:`UnsafeCheckpointError`.
+is ever executed (:mod:`gctnet.checkpoints`, the one reader).  A file that needs full unpickling is
+refused with :class:`UnsafeCheckpointError`.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -40,6 +40,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet, conv1x1
 
+from ..checkpoints import describe_mismatch
+from ..checkpoints import read as read_checkpoint  # noqa: F401 - the old name, kept
+from ..checkpoints import state_dict as unwrap_state_dict
+from ..errors import CheckpointError, KeyMismatchError, UnsafeCheckpointError  # noqa: F401 - re-exported
 from ..fileio import atomic_save
 from ._variants import register_variants
 
@@ -67,14 +71,6 @@ NUM_GCT = 53
 NUM_PARAMS = 25_624_625
 
 _GCT_PARAMS = ("alpha", "gamma", "beta")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the requested architecture (wrong keys, shapes or layout)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint file that could only be read by full unpickling (executing code from the file)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,36 +170,11 @@ def _is_gct_key(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _GCT_PARAMS
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
-    """The tensors of a checkpoint: unwrap a ``state_dict``/``model`` entry, strip a ``module.``
-    (DataParallel/DDP) or ``_orig_mod.`` (torch.compile) prefix shared by every key."""
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"expected a state_dict or a checkpoint dict, got {type(checkpoint).__name__}")
-    for wrapper in ("state_dict", "model"):
-        inner = checkpoint.get(wrapper)
-        if isinstance(inner, Mapping):
-            checkpoint = inner
-            break
-    state = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
-    if not state:
-        raise CheckpointError(
-            "the checkpoint holds no tensors: expected a state_dict or a dict with a 'state_dict' entry "
-            f"(pytorch/examples format); top-level keys: {sorted(map(str, checkpoint))[:10]}"
-        )
-    others = sorted(str(k) for k, v in checkpoint.items() if not isinstance(v, Tensor))
-    if others:
-        raise CheckpointError(f"the state_dict has non-tensor entries {others[:5]} (expected tensors only)")
-    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP, torch.compile
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def official_to_gctnet(checkpoint: Mapping[str, Any]) -> StateDict:
+def official_to_gctnet(checkpoint: Union[PathLike, Mapping[str, Any]]) -> StateDict:
     """Convert an official GCT-ResNet-50 checkpoint (or its state_dict) to gctnet's key names.
 
-    Accepts the pytorch/examples dict (``state_dict`` entry, ``module.`` prefix from DDP) or a bare
-    state_dict; GCT tensors of shape [1, C, 1, 1] become shape [C].  A state_dict already in gctnet's
+    Accepts the pytorch/examples dict (``state_dict`` entry, ``module.`` prefix from DDP), a bare
+    state_dict or a path to either (read by :func:`gctnet.checkpoints.state_dict`); GCT tensors of shape [1, C, 1, 1] become shape [C].  A state_dict already in gctnet's
     layout (no official-only key such as ``stem.*`` or ``*.conv1.1.weight``) is returned unchanged,
     prefix stripped.
     """
@@ -237,85 +208,43 @@ def gctnet_to_official(state_dict: Mapping[str, Tensor], *, module_prefix: bool 
 
 
 # --------------------------------------------------------------------------------------------------
-# safe reading
-# --------------------------------------------------------------------------------------------------
-def read_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint file without executing anything from it.
-
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(path, map_location="cpu", weights_only=True)``.  A file whose unpickling would need
-    anything beyond tensors and plain containers raises :class:`UnsafeCheckpointError`.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return dict(load_file(path, device="cpu"))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
-        raise UnsafeCheckpointError(
-            f"refusing to load {path!r}: it cannot be read with torch.load(weights_only=True) because it "
-            f"contains pickled objects other than tensors and plain containers ({detail.strip()}). "
-            "gctnet never unpickles arbitrary objects, since that can execute code from the file. "
-            "If you trust the file, extract its tensors yourself, e.g. "
-            "sd = torch.load(path, weights_only=False)['state_dict'], and pass sd instead of the path."
-        ) from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path!r} holds a {type(obj).__name__}, expected a dict (a state_dict or checkpoint)")
-    return dict(obj)
-
-
-# --------------------------------------------------------------------------------------------------
 # load / save
 # --------------------------------------------------------------------------------------------------
-def _describe(keys: List[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
 def _check_compatible(model: nn.Module, state: StateDict, num_classes: int) -> None:
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
     if missing or unexpected:
-        lines = ["the checkpoint is not an official GCT-ResNet-50 (after converting official key names):"]
-        if missing:
-            lines.append(f"  missing keys: {_describe(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys: {_describe(unexpected)}")
         if missing and all(_is_gct_key(k) for k in missing):
-            lines.append("  (only GCT parameters are missing: this looks like a plain ResNet checkpoint; "
-                         "use gctnet.load_plain_weights for that)")
-        lines.append("  expected e.g. 'stem.conv1.0.alpha', 'layer1.0.conv1.1.weight', 'fc.weight' "
-                     "(official) or 'conv1.gct.alpha', 'layer1.0.conv1.weight' (gctnet)")
-        raise CheckpointError("\n".join(lines))
+            hint = ("; only GCT parameters are missing: this looks like a plain ResNet checkpoint "
+                    "(use gctnet.load_plain_weights for that)")
+        else:
+            hint = ("; expected e.g. 'stem.conv1.0.alpha', 'layer1.0.conv1.1.weight', 'fc.weight' (official) or "
+                    "'conv1.gct.alpha', 'layer1.0.conv1.weight' (gctnet)")
+        raise KeyMismatchError("the checkpoint is not an official GCT-ResNet-50 (after converting official key "
+                               f"names): {describe_mismatch(missing, unexpected)}{hint}")
     fc = state.get("fc.weight")
     if fc is not None and fc.shape[0] != num_classes:
         raise CheckpointError(
             f"the checkpoint's classifier has {fc.shape[0]} classes but num_classes={num_classes} was "
             f"requested; pass num_classes={fc.shape[0]}"
         )
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-           for k, v in state.items() if v.numel() != expected[k].numel()]
-    if bad:
-        raise CheckpointError("shape mismatch between checkpoint and the official GCT-ResNet-50:\n  "
-                              + "\n  ".join(bad[:8]))
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+              for k, v in state.items() if v.numel() != expected[k].numel()]
+    if shapes:
+        raise KeyMismatchError(f"the checkpoint does not fit the official GCT-ResNet-50: {describe_mismatch([], [], shapes)}")
 
 
 def load_official_checkpoint(path_or_state_dict: Union[PathLike, Mapping[str, Any]], *,
-                             num_classes: int = 1000) -> ResNet:
+                             num_classes: Optional[int] = None) -> ResNet:
     """Build the official GCT-ResNet-50 and load the authors' weights (or any checkpoint of it).
 
     Args:
         path_or_state_dict: a file written by the official ``main.py`` (dict with ``state_dict``,
             usually with the ``module.`` prefix of DDP), a bare state_dict in official or gctnet key
             names, or a path to any of these (``.pth``/``.pth.tar``/``.pt``/``.safetensors``).
-        num_classes: classes of the checkpoint's classifier (1000 for ImageNet).
+        num_classes: classes of the checkpoint's classifier; default: the rows of its ``fc.weight``
+            (1000 for ImageNet), an error when given and different.
 
     Returns:
         the model (a torchvision ``ResNet`` with :class:`OfficialBottleneck` blocks and 53 GCTs) in
@@ -326,14 +255,10 @@ def load_official_checkpoint(path_or_state_dict: Union[PathLike, Mapping[str, An
         CheckpointError: the checkpoint belongs to another architecture (lists missing/unexpected keys)
             or has another number of classes.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        checkpoint: Mapping[str, Any] = path_or_state_dict
-    elif isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = read_checkpoint(path_or_state_dict)
-    else:
-        raise TypeError("load_official_checkpoint expects a path or a state_dict, got "
-                        f"{type(path_or_state_dict).__name__}")
-    state = official_to_gctnet(checkpoint)
+    state = official_to_gctnet(path_or_state_dict)
+    if num_classes is None:
+        fc = state.get("fc.weight")
+        num_classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else 1000
     model = gct_resnet50_official(num_classes=num_classes)
     _check_compatible(model, state, num_classes)
     model.load_state_dict(state, strict=True)

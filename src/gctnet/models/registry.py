@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from torch import nn
 
+from ..errors import SettingsError
+
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_model_entry"]
 
 
@@ -68,7 +70,7 @@ def get_model_entry(name: str) -> ModelEntry:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise SettingsError(
             f"unknown model {name!r}.{hint} See gctnet.list_models() for the {len(_REGISTRY)} registered names."
         ) from None
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import atomic_save, atomic_write_text  # re-exported: the checkpoint writers
+from .. import checkpoints
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..fileio import atomic_save, atomic_write, atomic_write_text  # re-exported: the checkpoint writers
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -32,7 +34,8 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_model",
     "load_model_any",
-    "checkpoint_kind",
+    "model_from_checkpoint",
+    "is_gctnet_checkpoint",
     "capture_rng",
     "restore_rng",
 ]
@@ -42,22 +45,15 @@ CHECKPOINT_VERSION = 1
 
 
 def save_safetensors(model: nn.Module, path: "str | os.PathLike[str]", metadata: Mapping[str, Any]) -> Path:
-    """The model's weights as ``.safetensors`` (metadata values JSON-encoded unless already str)."""
-    from safetensors.torch import save_model
+    """The model's weights as ``.safetensors`` (metadata values JSON-encoded unless already str),
+    written through :func:`gctnet.fileio.atomic_write`."""
+    from safetensors.torch import save
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_model(model, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the writer creates the file private; give it normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    # clone: safetensors refuses tensors sharing storage (tied weights); each key gets its own copy
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    data = save(tensors, metadata=meta)
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def resolve_checkpoint(path_or_run_dir: "str | os.PathLike[str]", which: str = "last") -> Path:
@@ -68,44 +64,49 @@ def resolve_checkpoint(path_or_run_dir: "str | os.PathLike[str]", which: str = "
             raise ValueError(f"which must be 'last' or 'best', got {which!r}")
         candidate = path / f"{which}.pt"
         if not candidate.is_file():
-            raise FileNotFoundError(f"{path} has no {which}.pt (is it a gctnet run folder? it holds: "
-                                    f"{sorted(p.name for p in path.iterdir())[:10]})")
+            raise CheckpointNotFoundError(f"{path} has no {which}.pt (is it a gctnet run folder? it holds: "
+                                          f"{sorted(p.name for p in path.iterdir())[:10]})")
         return candidate
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     return path
 
 
-def load_checkpoint(
-    path_or_run_dir: "str | os.PathLike[str]", *, which: str = "last", map_location: Any = "cpu"
-) -> Dict[str, Any]:
-    """Load a gctnet checkpoint with ``weights_only=True``; ``ValueError`` if it is not one."""
+def is_gctnet_checkpoint(obj: Mapping[str, Any]) -> bool:
+    """Whether a mapping read from a file is a gctnet checkpoint (see the module docstring)."""
+    return obj.get("format") == CHECKPOINT_FORMAT
+
+
+def load_checkpoint(path_or_run_dir: "str | os.PathLike[str]", *, which: str = "last") -> Dict[str, Any]:
+    """A gctnet checkpoint (tensors on the CPU), read by :func:`gctnet.checkpoints.read`;
+    :class:`CheckpointError` if it is not one or cannot be read."""
     path = resolve_checkpoint(path_or_run_dir, which)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise ValueError(f"cannot load checkpoint {path} with weights_only=True: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a gctnet checkpoint (format key missing; top-level keys: {keys})")
+    ckpt = checkpoints.read(path)
+    if not is_gctnet_checkpoint(ckpt):
+        raise CheckpointError(f"{path} is not a gctnet checkpoint (no 'format' entry; top-level keys: "
+                              f"{sorted(map(str, ckpt))[:8]})")
     return ckpt
 
 
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
+    """The registry model a gctnet checkpoint names (``model_name``, ``model_kwargs``), weights loaded
+    strictly, in eval mode."""
+    from ..models import create_model
+
+    model = create_model(ckpt["model_name"], **dict(ckpt.get("model_kwargs") or {}))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
 def load_checkpoint_model(
-    path_or_run_dir: "str | os.PathLike[str]", *, which: str = "last", map_location: Any = "cpu"
+    path_or_run_dir: "str | os.PathLike[str]", *, which: str = "last"
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the model of a checkpoint or run folder: ``(model in eval mode, checkpoint dict)``.
 
-    The model comes from the registry (``model_name``, ``model_kwargs``) with its weights loaded
-    strictly.  For a run folder ``which`` picks ``last.pt`` (the final weights) or ``best.pt``.
+    For a run folder ``which`` picks ``last.pt`` (the final weights) or ``best.pt``.
     """
-    from ..models import create_model
-
-    ckpt = load_checkpoint(path_or_run_dir, which=which, map_location=map_location)
-    model = create_model(ckpt["model_name"], **dict(ckpt.get("model_kwargs") or {}))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
+    ckpt = load_checkpoint(path_or_run_dir, which=which)
+    return model_from_checkpoint(ckpt), ckpt
 
 
 def capture_rng() -> Dict[str, Any]:
@@ -144,54 +145,31 @@ def restore_rng(state: Optional[Mapping[str, Any]]) -> None:
 def load_model_any(
     path: "str | os.PathLike[str]", *, which: str = "last", num_classes: Optional[int] = None
 ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """A model from any weights file gctnet knows, for evaluation: ``(model, meta)``.
+    """A model from any weights file gctnet knows, for evaluation: ``(model in eval mode, meta)``.
 
-    * a run folder or a gctnet checkpoint (``.pt``): :func:`load_checkpoint_model`; ``meta`` is the
-      checkpoint (with ``config`` and ``data``);
+    * a run folder or a gctnet checkpoint (``.pt``): ``meta`` is the checkpoint (``config``, ``data``);
     * a ``model.safetensors`` written by gctnet (its metadata names the model);
-    * anything else: an official GCT-ResNet-50 checkpoint via
-      :func:`gctnet.load_official_checkpoint` (``num_classes`` defaults to 1000).
+    * anything else: an official GCT-ResNet-50 checkpoint via :func:`gctnet.load_official_checkpoint`
+      (``num_classes`` defaults to its classifier's size).
 
-    ``meta["kind"]`` is ``"gctnet"``, ``"safetensors"`` or ``"official"``.
+    ``meta["kind"]`` is ``"gctnet"``, ``"safetensors"`` or ``"official"``.  Every file is read once,
+    by :mod:`gctnet.checkpoints`.
     """
-    p = Path(path).expanduser()
-    kind = checkpoint_kind(p)
-    if kind == "gctnet":
-        model, ckpt = load_checkpoint_model(p, which=which)
-        return model, {**ckpt, "kind": "gctnet"}
-    if kind == "safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_model
-
-        from ..models import create_model
-
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        model = create_model(meta["model_name"], **json.loads(meta.get("model_kwargs", "{}")))
-        load_model(model, str(p))
-        classes = json.loads(meta.get("classes", "[]"))
-        return model.eval(), {"kind": "safetensors", "model_name": meta["model_name"], "data": {"classes": classes}}
+    from ..models import create_model
     from ..models.official import load_official_checkpoint
 
-    model = load_official_checkpoint(p, num_classes=num_classes or 1000)
-    return model.eval(), {"kind": "official", "model_name": "gct_resnet50_official", "data": {}}
-
-
-def checkpoint_kind(path: "str | os.PathLike[str]") -> str:
-    """``"gctnet"`` (run folder or gctnet checkpoint), ``"safetensors"`` (gctnet's model.safetensors)
-    or ``"other"`` (e.g. an official checkpoint), judged without loading the weights."""
     p = Path(path).expanduser()
-    if p.is_dir():
-        return "gctnet"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as fh:
-            return "safetensors" if (fh.metadata() or {}).get("format") == "gctnet" else "other"
-    try:  # mmap: only the pickled structure is read, not the tensor data
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - anything unreadable here is not a gctnet checkpoint
-        return "other"
-    return "gctnet" if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else "other"
+    if p.suffix == ".safetensors" and not p.is_dir():
+        meta = checkpoints.read_safetensors_metadata(p)
+        if meta.get("format") == "gctnet":
+            model = create_model(meta["model_name"], **json.loads(meta.get("model_kwargs", "{}")))
+            model.load_state_dict(checkpoints.read(p))
+            classes = json.loads(meta.get("classes", "[]"))
+            return model.eval(), {"kind": "safetensors", "model_name": meta["model_name"], "data": {"classes": classes}}
+        obj = checkpoints.read(p)
+    else:
+        obj = checkpoints.read(resolve_checkpoint(p, which))
+        if is_gctnet_checkpoint(obj):
+            return model_from_checkpoint(obj), {**obj, "kind": "gctnet"}
+    model = load_official_checkpoint(obj, num_classes=num_classes)
+    return model.eval(), {"kind": "official", "model_name": "gct_resnet50_official", "data": {}}

@@ -15,14 +15,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..errors import ConfigError
+
 __all__ = ["TrainConfig", "ConfigError", "RECIPES", "RESUME_OVERRIDABLE"]
 
 
-class ConfigError(ValueError):
-    """An invalid training configuration (the CLI shows it as a usage error)."""
-
-
-AMP_CHOICES = ("none", "auto", "bf16", "fp16")
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 OPT_CHOICES = ("sgd", "adamw")
 SCHED_CHOICES = ("cosine", "step", "constant")
 WD_POLICIES = ("paper", "none", "all")
@@ -30,67 +28,98 @@ WARMUP_MODES = ("linear", "constant")
 
 # Fields that may change when a run is resumed (they do not change what is computed).
 RESUME_OVERRIDABLE = frozenset(
-    {"epochs", "workers", "device", "quiet", "log_interval", "tensorboard", "dist_timeout", "compile",
+    {"epochs", "workers", "threads", "device", "quiet", "log_interval", "tensorboard", "dist_timeout", "compile",
      "deterministic", "data_dir", "resume", "out", "overwrite"}
 )
 
 
+def _opt(default: Any = None, help: str = "", *, group: str, flags: tuple = (), choices: Optional[tuple] = None,
+         metavar: Optional[str] = None, nargs: Optional[str] = None, const: Any = None, factory: Any = None) -> Any:
+    """A TrainConfig field with what the command line needs to offer it (``gctnet train --help``).
+
+    ``flags`` are the option strings (default ``--field-name``; ``--no-field-name`` for a bool that
+    defaults to True, which ``help`` then describes); the type comes from the annotation.
+    """
+    meta = {"help": help, "group": group, "flags": flags, "choices": choices, "metavar": metavar, "nargs": nargs,
+            "const": const}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+#: the command line's option groups, in the order ``--help`` shows them
+GROUPS = ("model and data", "recipe", "execution", "output")
+_M, _R, _E, _O = GROUPS
+
+
 @dataclass
 class TrainConfig:
-    """Configuration of :func:`gctnet.train.run` (also what ``gctnet train`` builds from its options)."""
+    """Configuration of :func:`gctnet.train.run`, and the single source of ``gctnet train``'s options
+    (their flags, choices, defaults and help come from the field metadata; see :func:`cli_fields`)."""
 
     # model
-    model: str = "resnet20"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    # initial weights (ignored when resuming): a run folder, a gctnet checkpoint, a state_dict file or a
-    # .safetensors file; a plain network's weights load into its gct_ variant (only GCT keys may be missing)
-    init_from: Optional[str] = None
+    model: str = _opt("resnet20", "registered model name (see gctnet info --list)", group=_M)
+    model_kwargs: Dict[str, Any] = _opt(
+        help="extra builder arguments, e.g. width=2 (values parsed as Python literals)", group=_M, nargs="+",
+        metavar="KEY=VALUE", factory=dict)
+    init_from: Optional[str] = _opt(
+        None, "start from these weights: a run folder, checkpoint, state_dict or .safetensors file (a plain network's "
+        "weights load into its gct_ variant; ignored when resuming)", group=_M, metavar="PATH")
     # data
-    data: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    download: bool = False
-    image_size: Optional[int] = None
-    skip_bad_images: bool = False
-    subset: Optional[int] = None
-    val_subset: Optional[int] = None
-    augment: bool = True
+    data: str = _opt("fashion_mnist", "fashion_mnist or imagefolder:PATH (PATH/train/<class>/..., PATH/val/<class>/...)",
+                     group=_M, flags=("--data", "--dataset"))
+    data_dir: Optional[str] = _opt(None, "folder with the Fashion-MNIST files (else $GCTNET_DATA, system path)", group=_M)
+    download: bool = _opt(False, "let torchvision download Fashion-MNIST if missing", group=_M)
+    image_size: Optional[int] = _opt(None, "ImageFolder training size (default: by image size)", group=_M)
+    skip_bad_images: bool = _opt(False, "skip unreadable images (counted)", group=_M)
+    subset: Optional[int] = _opt(None, "train on a random N-sample subset (per seed; default: all)", group=_M, metavar="N")
+    val_subset: Optional[int] = _opt(None, "evaluate on a fixed N-sample subset (default: all)", group=_M, metavar="N")
+    augment: bool = _opt(True, "no training augmentation", group=_M)
     # schedule and optimisation
-    epochs: int = 2
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    opt: str = "sgd"
-    lr: Optional[float] = None
-    lr_base: Optional[float] = None
-    lr_base_size: int = 256
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    wd_policy: str = "paper"
-    sched: str = "cosine"
-    milestones: Optional[List[float]] = None
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.2
-    warmup_factor: float = 0.1
-    warmup_mode: str = "linear"
-    min_lr_factor: float = 0.0
-    label_smoothing: float = 0.0
+    epochs: int = _opt(2, "", group=_R)
+    batch_size: int = _opt(128, "global batch (split over torchrun processes)", group=_R)
+    eval_batch_size: int = _opt(256, "", group=_R)
+    opt: str = _opt("sgd", "sgd: Nesterov momentum 0.9 (paper)", group=_R, choices=OPT_CHOICES)
+    lr: Optional[float] = _opt(None, "learning rate (default: lr-base * batch / lr-base-size)", group=_R)
+    lr_base: Optional[float] = _opt(None, "base lr for the scaling rule (default: 0.1 SGD, 1e-3 AdamW)", group=_R)
+    lr_base_size: int = _opt(256, "batch size of --lr-base", group=_R)
+    momentum: float = _opt(0.9, "", group=_R)
+    nesterov: bool = _opt(True, "plain SGD momentum instead of Nesterov's", group=_R)
+    weight_decay: float = _opt(1e-4, "", group=_R, flags=("--weight-decay", "--wd"))
+    wd_policy: str = _opt("paper", "paper: no weight decay on GCT beta; none/all: alternatives", group=_R,
+                          choices=WD_POLICIES)
+    sched: str = _opt("cosine", "", group=_R, choices=SCHED_CHOICES)
+    milestones: Optional[List[float]] = _opt(None, "step schedule epochs (default: 30/60/90 %% of the epochs)",
+                                              group=_R, nargs="+", metavar="EPOCH")
+    lr_gamma: float = _opt(0.1, "step schedule factor", group=_R)
+    warmup_epochs: float = _opt(0.2, "", group=_R)
+    warmup_factor: float = _opt(0.1, "", group=_R)
+    warmup_mode: str = _opt("linear", "", group=_R, choices=WARMUP_MODES)
+    min_lr_factor: float = _opt(0.0, "cosine floor as a fraction of the lr", group=_R)
+    label_smoothing: float = _opt(0.0, "", group=_R)
     # execution
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    workers: Optional[int] = None
-    device: str = "auto"
-    sync_bn: bool = False
-    dist_timeout: float = 300.0
+    amp: str = _opt("none", "mixed precision (bare --amp: auto = bf16 on CPU, bf16 or fp16+GradScaler on CUDA)",
+                    group=_E, choices=AMP_CHOICES, nargs="?", const="auto")
+    channels_last: bool = _opt(False, "channels_last memory format", group=_E)
+    compile: bool = _opt(False, "torch.compile the model", group=_E)
+    seed: int = _opt(0, "", group=_E)
+    deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume)", group=_E)
+    workers: Optional[int] = _opt(None, "DataLoader workers (ImageFolder; in-memory data needs none)", group=_E)
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N", group=_E)
+    threads: Optional[int] = _opt(
+        None, "torch intra-op CPU threads (default: one less than the cores this process may use, at least 1, "
+        "per torchrun process; OMP_NUM_THREADS wins when set): on a machine shared with other work, as many "
+        "threads as cores collapses throughput", group=_E, metavar="N")
+    sync_bn: bool = _opt(False, "SyncBatchNorm under torchrun", group=_E)
+    dist_timeout: float = _opt(300.0, "torchrun: fail instead of waiting longer than this for another rank",
+                               group=_E, metavar="SECONDS")
     # output
-    out: Optional[str] = None
-    overwrite: bool = False
-    resume: Optional[str] = None
-    quiet: bool = False
-    log_interval: int = 0
-    tensorboard: bool = False
+    out: Optional[str] = _opt(None, "run folder (default: runs/<model>-<timestamp>)", group=_O)
+    overwrite: bool = _opt(False, "replace an existing run in --out", group=_O)
+    resume: Optional[str] = _opt(None, "continue RUN_DIR from its last.pt", group=_O, metavar="RUN_DIR")
+    quiet: bool = _opt(False, "no progress bars, one line per epoch", group=_O)
+    log_interval: int = _opt(0, "plain progress line every N steps (0: none)", group=_O, metavar="STEPS")
+    tensorboard: bool = _opt(False, "also log to RUN/tensorboard (if installed)", group=_O)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -136,6 +165,7 @@ class TrainConfig:
             positive_int(name)
         for name in ("subset", "val_subset", "image_size"):
             positive_int(name, allow_none=True)
+        positive_int("threads", allow_none=True)
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
              f"workers must be >= 0, got {self.workers!r}")
         need(self.opt in OPT_CHOICES, f"opt must be one of {OPT_CHOICES}, got {self.opt!r}")
@@ -167,6 +197,9 @@ class TrainConfig:
              f"init_from must be a path (run folder, checkpoint or weights file), got {self.init_from!r}")
         need(self.init_from is None or bool(self.resume) or Path(self.init_from).expanduser().exists(),
              f"init_from {self.init_from!r} does not exist (expected a run folder, a checkpoint or a weights file)")
+        from ..data import parse_data_spec
+
+        parse_data_spec(self.data)  # SettingsError naming the accepted specs
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self
@@ -197,7 +230,10 @@ class TrainConfig:
         path = Path(run_dir) / "config.json"
         if not path.is_file():
             raise ConfigError(f"cannot resume: {path} not found (is {run_dir} a gctnet run folder?)")
-        saved = cls.from_dict(json.loads(path.read_text()), strict=False)
+        try:
+            saved = cls.from_dict(json.loads(path.read_text()), strict=False)
+        except ValueError:  # not JSON (cut short by hand?): gctnet writes it atomically
+            raise ConfigError(f"cannot resume: {path} is not a valid gctnet config.json") from None
         bad = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and getattr(saved, k) != v)
         if bad:
             raise ConfigError(

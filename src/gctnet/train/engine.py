@@ -36,6 +36,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import TensorImageDataset, dataset_info, load_dataset, make_batches
 from ..data.loaders import batch_seed
+from ..errors import (
+    ConfigError,
+    DistributedFailure,
+    KeyMismatchError,
+    NonFiniteLossError,
+    RunDirExistsError,
+    TrainingInterrupted,
+)
+from ..experiments.stats import format_seconds
+from ..fileio import FolderLock, remove_stale_temp_files
 from ..optim import optimizer_step
 from . import distributed
 from .checkpoint import (
@@ -48,10 +58,10 @@ from .checkpoint import (
     restore_rng,
     save_safetensors,
 )
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 from .distributed import DistContext
 from .evaluation import evaluate
-from .progress import EpochProgress, RunLogger, format_seconds
+from .progress import EpochProgress, RunLogger
 
 __all__ = [
     "run",
@@ -63,6 +73,7 @@ __all__ = [
     "RUN_FILES",
     "resolve_amp",
     "load_init_weights",
+    "is_finished",
 ]
 
 METRICS_COLUMNS = (
@@ -71,32 +82,11 @@ METRICS_COLUMNS = (
 RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "summary.json", "model.safetensors", "log.txt")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped the run after saving ``last.pt``; ``signum`` and ``run_dir`` say which/where."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT, run_dir: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.signum = signum
-        self.run_dir = run_dir
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/inf; the message names the epoch and step and the kept checkpoint."""
-
-
-class DistributedFailure(RuntimeError):
-    """A collective between torchrun processes failed: another rank died or timed out."""
-
-
 def _is_comm_failure(exc: BaseException) -> bool:
     dist_error = getattr(torch.distributed, "DistError", ())
     text = str(exc)
     return isinstance(exc, dist_error) or any(
         k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timeout"))
-
-
-class RunDirExistsError(ConfigError):
-    """``--out`` already holds a run and neither resume nor overwrite was asked for."""
 
 
 def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
@@ -113,8 +103,10 @@ def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], 
 
 
 @contextlib.contextmanager
-def _isolated_global_state(deterministic: bool) -> Iterator[None]:
-    """Apply the run's determinism settings; restore them and every RNG state afterwards."""
+def _isolated_global_state(deterministic: bool, threads: int) -> Iterator[None]:
+    """Apply the run's determinism settings and thread count; restore them and every RNG state afterwards."""
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     saved_rng = capture_rng()
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -138,6 +130,7 @@ def _isolated_global_state(deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic = saved[2]
         torch.backends.cudnn.benchmark = saved[3]
         restore_rng(saved_rng)
+        torch.set_num_threads(saved_threads)
 
 
 class _StopRequest:
@@ -176,13 +169,17 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     ``last.pt`` on SIGINT/SIGTERM.
     """
     config = replace(config).validate()
-    with _isolated_global_state(config.deterministic), warnings.catch_warnings():
+    with _isolated_global_state(config.deterministic, distributed.resolve_threads(config.threads)), \
+            warnings.catch_warnings():
         # DDP's note about 1x1-conv gradient strides on CPU is harmless and would repeat on every rank
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ctx = distributed.setup(config.device, config.dist_timeout)
         try:
-            trainer = _Trainer(config, ctx)
-            return trainer.fit()
+            trainer = _Trainer(config, ctx)  # holds the run folder's lock until release()
+            try:
+                return trainer.fit()
+            finally:
+                trainer.release(started=True)
         except RuntimeError as exc:
             if ctx.distributed and not isinstance(exc, (NonFiniteLossError, DistributedFailure)) and _is_comm_failure(exc):
                 raise DistributedFailure(
@@ -201,17 +198,25 @@ def load_init_weights(model: nn.Module, source: "str | Path") -> Any:
     file (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` file.  Loading goes through
     :func:`gctnet.surgery.load_plain_weights`, so a plain network's weights load into its ``gct_``
     variant (its fresh GCTs stay the identity); any other missing, unexpected or mis-shaped key is a
-    :class:`ConfigError`.  Returns the :class:`gctnet.surgery.LoadResult`.
+    :class:`KeyMismatchError`, a file that cannot be read a :class:`CheckpointError` (both exit 2).
+    Returns the :class:`gctnet.surgery.LoadResult`.
     """
     from ..surgery import load_plain_weights
-    from .checkpoint import checkpoint_kind
+    from .checkpoint import resolve_checkpoint
 
-    path = Path(source).expanduser()
+    path = resolve_checkpoint(source, "last")  # a run folder's last.pt; a gctnet checkpoint unwraps to its model
     try:
-        state: Any = load_checkpoint(path, which="last")["model"] if checkpoint_kind(path) == "gctnet" else path
-        return load_plain_weights(model, state, strict=True)
-    except (RuntimeError, ValueError, TypeError, FileNotFoundError) as exc:
-        raise ConfigError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
+        return load_plain_weights(model, path, strict=True)
+    except KeyMismatchError as exc:
+        raise KeyMismatchError(f"cannot initialise the model from init_from={str(source)!r}: {exc}") from None
+
+
+def is_finished(run_dir: "str | Path") -> bool:
+    """Whether the run folder holds a ``summary.json`` marked finished (the last file a run writes)."""
+    try:
+        return bool(json.loads((Path(run_dir) / "summary.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
 
 
 def _seed_all(seed: int) -> None:
@@ -236,10 +241,21 @@ class _Trainer:
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) must be divisible by the {ctx.world_size} processes")
         self.rank_batch = cfg.batch_size // ctx.world_size
-        self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
+        self.amp_dtype, self.use_scaler = resolve_amp(cfg.amp, self.device)
         if cfg.sync_bn and ctx.distributed and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
-        self.out = Path(ctx.main_first(self._prepare_out_dir))
+        self.lock: Optional[FolderLock] = None
+        self.out = Path(ctx.main_first(self._claim_out_dir))
+        try:
+            self._setup()
+        except BaseException:
+            self.release(started=False)
+            raise
+
+    def _setup(self) -> None:
+        """Everything that can still fail (data, model, checkpoint) before the run folder is changed."""
+        cfg, ctx = self.cfg, self.ctx
+        use_scaler = self.use_scaler
         self.logger = RunLogger(
             enabled=ctx.is_main, quiet=cfg.quiet, log_file=self.out / "log.txt",
             tensorboard_dir=self.out / "tensorboard" if cfg.tensorboard else None,
@@ -276,7 +292,13 @@ class _Trainer:
         from ..optim import param_groups
 
         self.model_kwargs = {"num_classes": self.info.num_classes, "in_chans": self.info.in_chans, **cfg.model_kwargs}
-        self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        try:
+            self.model = create_model(cfg.model, **self.model_kwargs).to(self.device)
+        except TypeError as exc:  # a builder argument it does not take: the user's --model-kwargs
+            if not cfg.model_kwargs:
+                raise
+            raise ConfigError(f"--model-kwargs {' '.join(f'{k}={v!r}' for k, v in cfg.model_kwargs.items())}: "
+                              f"{cfg.model} does not take them ({exc})") from None
         if cfg.init_from and not cfg.resume:  # a resumed run takes its weights from last.pt
             load_init_weights(self.model, cfg.init_from)
         if cfg.channels_last:
@@ -310,6 +332,7 @@ class _Trainer:
         self.best_epoch = 0
         self.partial: Optional[Dict[str, float]] = None
         self.history: List[Dict[str, float]] = []
+        self.last_val: Optional[Dict[str, Any]] = None
         if cfg.resume:
             self._load_resume()
 
@@ -323,29 +346,54 @@ class _Trainer:
             self.train_model = torch.compile(self.train_model)
         self.sync_every = 1 if self.device.type == "cpu" else 20
         if ctx.is_main:
-            self._write_config()
+            self._commit_out_dir()
 
     # ------------------------------------------------------------------ run folder
-    def _prepare_out_dir(self) -> str:
+    def _claim_out_dir(self) -> str:
+        """Create (if needed) and lock the run folder; refuse a folder that is a file, not writable, in
+        use by another process, or holding a run that was not asked to be resumed or overwritten."""
         cfg = self.cfg
-        if cfg.resume:
-            out = Path(cfg.resume)
-            if not (out / "last.pt").is_file():
-                raise ConfigError(f"cannot resume: {out / 'last.pt'} not found")
-            return str(out)
-        out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        existing = [f for f in RUN_FILES if (out / f).exists()]
-        if existing and not cfg.overwrite:
-            raise RunDirExistsError(
-                f"output folder {out} already holds a run ({', '.join(existing)}); pass --resume {out} to "
-                f"continue it, --overwrite to replace it, or choose another --out"
-            )
-        for name in existing:
-            (out / name).unlink()
-        if cfg.overwrite and (out / "tensorboard").is_dir():
-            shutil.rmtree(out / "tensorboard")
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(cfg.resume or cfg.out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if cfg.resume and not (out / "last.pt").is_file():
+            raise ConfigError(f"cannot resume: {out / 'last.pt'} not found")
+        self.lock = FolderLock(out, "run folder").acquire()  # SettingsError: a file, not writable, in use
+        try:
+            existing = [f for f in RUN_FILES if (out / f).exists()]
+            if existing and not cfg.resume and not cfg.overwrite:
+                hint = (f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out"
+                        if (out / "last.pt").is_file() else
+                        "it has no checkpoint to resume from (stopped before its first one): pass --overwrite to "
+                        "start it again, or choose another --out")
+                raise RunDirExistsError(f"output folder {out} already holds a run ({', '.join(existing)}); {hint}")
+        except BaseException:
+            self.release(started=False)
+            raise
         return str(out)
+
+    def _commit_out_dir(self) -> None:
+        """The start succeeded: tidy the folder (a killed writer's temp files, the replaced run, a
+        best.pt older than what last.pt records) and write config.json."""
+        out = self.out
+        remove_stale_temp_files(out)
+        if self.cfg.overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            if (out / "tensorboard").is_dir():
+                shutil.rmtree(out / "tensorboard")
+        resumed = getattr(self, "_resumed", None)
+        if resumed is not None:  # killed between writing last.pt and best.pt: last.pt says it is the best
+            best = out / "best.pt"
+            if self.best_epoch == self.start_epoch > 0 and not self.start_batch and (
+                    not best.is_file() or int(load_checkpoint(best).get("epoch", -1)) != self.best_epoch):
+                atomic_save(resumed, best)
+            self._resumed = None
+        self._write_config()
+
+    def release(self, started: bool) -> None:
+        """Unlock the run folder; after a failed start also remove the folders this run created."""
+        if self.lock is not None:
+            self.lock.release(remove_created=not started)
+            self.lock = None
 
     def _write_config(self) -> None:
         d = self.cfg.to_dict()
@@ -360,7 +408,7 @@ class _Trainer:
         atomic_write_text(self.out / "config.json", json.dumps(d, indent=2) + "\n")
 
     def _load_resume(self) -> None:
-        ckpt = load_checkpoint(self.out, which="last", map_location="cpu")
+        ckpt = load_checkpoint(self.out, which="last")
         if ckpt["model_name"] != self.cfg.model:
             raise ConfigError(f"checkpoint is for model {ckpt['model_name']!r}, config says {self.cfg.model!r}")
         self.model.load_state_dict(ckpt["model"])
@@ -375,17 +423,21 @@ class _Trainer:
                 f"last.pt was saved mid-epoch by {ckpt.get('world_size')} process(es); resume it with the same "
                 f"number of processes (now {self.ctx.world_size})")
         metrics = ckpt.get("metrics") or {}
-        self.best_top1 = float(metrics.get("best_top1", -math.inf))
+        best = metrics.get("best_top1")  # None until the first validation (a Ctrl-C in the first epoch)
+        self.best_top1 = -math.inf if best is None else float(best)
         self.best_epoch = int(metrics.get("best_epoch", 0))
         self.history = list(metrics.get("history", []))
         self.partial = ckpt.get("partial")
         restore_rng(ckpt.get("rng"))
-        if self.start_epoch >= self.cfg.epochs and not self.start_batch:
+        done = self.start_epoch >= self.cfg.epochs and not self.start_batch
+        if done and is_finished(self.out):
             raise ConfigError(
                 f"{self.out} already finished {self.start_epoch} epochs; pass --epochs N (> {self.start_epoch}) to train longer")
+        self._resumed = ckpt
         if self.ctx.is_main:
             self._truncate_metrics(self.start_epoch)
-            self.logger.info(f"resuming {self.out} at epoch {self.start_epoch + 1}"
+            self.logger.info(f"finishing {self.out}: its last epoch was saved, writing summary.json and model.safetensors"
+                             if done else f"resuming {self.out} at epoch {self.start_epoch + 1}"
                              + (f", batch {self.start_batch + 1}" if self.start_batch else ""))
 
     def _truncate_metrics(self, epochs_done: int) -> None:
@@ -443,6 +495,8 @@ class _Trainer:
             f"gctnet train: {cfg.model} ({self.params:,} params, {self.gct_params:,} in GCT) on {cfg.data} "
             f"[{len(self.train_set)} train / {len(self.val_set)} val], {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
             f"batch {cfg.batch_size}, {cfg.opt} lr {self.lr:g} ({cfg.sched}), device {self.device}"
+            + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+               if self.device.type == "cpu" else "")
             + (f" x {self.ctx.world_size} processes" if self.ctx.distributed else "")
             + (f", amp {self.amp_dtype}" if self.amp_dtype else "") + f" -> {self.out}"
         )
@@ -547,13 +601,17 @@ class _Trainer:
                 f"{name} received: saved {self.out / 'last.pt'} at epoch {epoch + 1}, batch {step}/{self.steps_per_epoch}. "
                 f"Continue with: gctnet train --resume {self.out}", signum, str(self.out))
 
+    def _validate(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        self.last_val = evaluate(self.model, self.val_set, device=self.device, batch_size=cfg.eval_batch_size,
+                                 amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, classes=self.info.classes,
+                                 num_classes=self.info.num_classes, ctx=self.ctx, workers=self.workers)
+        return self.last_val
+
     def _end_epoch(self, epoch: int, row: Dict[str, float]) -> None:
         cfg, ctx = self.cfg, self.ctx
         ctx.broadcast_buffers(self.model)  # BN statistics differ per rank after the last step: use rank 0's
-        val = evaluate(self.model, self.val_set, device=self.device, batch_size=cfg.eval_batch_size,
-                       amp_dtype=self.amp_dtype, channels_last=cfg.channels_last, classes=self.info.classes,
-                       num_classes=self.info.num_classes, ctx=ctx, workers=self.workers)
-        self.last_val = val
+        val = self._validate()
         row = {**row, "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
         row = {k: row[k] for k in METRICS_COLUMNS}
         self.history.append(row)
@@ -582,6 +640,8 @@ class _Trainer:
     def _finish(self, wall_seconds: float) -> Dict[str, Any]:
         cfg = self.cfg
         last = self.history[-1]
+        if self.last_val is None:  # finishing a run killed after its last checkpoint: the same numbers again
+            self._validate()
         train_seconds = sum(float(r["epoch_seconds"]) for r in self.history)
         images = sum(float(r["images_per_sec"]) * float(r["epoch_seconds"]) for r in self.history)
         summary = {

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import make_batches
+from ..errors import RunError, SettingsError
 from .distributed import DistContext, shard
 
 __all__ = ["evaluate", "format_eval_table"]
@@ -89,7 +90,7 @@ def evaluate(
                           "acc": 100.0 * c / t if t else float("nan")})
     skipped = int(getattr(batches, "skipped", 0))
     if n == 0:
-        raise ValueError("evaluation dataset is empty (or every image was skipped)")
+        raise RunError("evaluation dataset is empty (or every image was skipped)")
     return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * ck / n, "n": int(n),
             "skipped": skipped, "per_class": per_class}
 
@@ -133,14 +134,14 @@ def evaluate_path(
     format.  Returns :func:`evaluate`'s dict plus ``model``, ``data``, ``split``, ``checkpoint``, ``epoch``.
     """
     from ..data import dataset_info, load_dataset, parse_data_spec
-    from .checkpoint import checkpoint_kind, load_model_any
+    from .checkpoint import load_model_any
     from .distributed import resolve_device
     from .engine import resolve_amp
 
-    if data is None and checkpoint_kind(path) == "other":
-        raise ValueError(f"{path} is not a gctnet run (an official checkpoint?) and has no dataset of its own: "
-                         "pass --data imagefolder:PATH")
     model, meta = load_model_any(path, which=which, num_classes=num_classes)
+    if data is None and meta["kind"] == "official":
+        raise SettingsError(f"{path} is not a gctnet run (an official checkpoint) and has no dataset of its own: "
+                            "pass --data imagefolder:PATH")
     cfg: Dict[str, Any] = dict(meta.get("config") or {})
     if data is None:
         data = cfg.get("data") or "fashion_mnist"
@@ -157,7 +158,7 @@ def evaluate_path(
                            skip_bad_images=skip_bad_images, image_size=image_size)
     out_features = (meta.get("model_kwargs") or {}).get("num_classes") or num_classes
     if out_features is not None and info.num_classes > out_features:
-        raise ValueError(f"the data has {info.num_classes} classes but the model predicts {out_features}")
+        raise SettingsError(f"the data has {info.num_classes} classes but the model predicts {out_features}")
     channels_last = bool(cfg.get("channels_last", False))
     model = model.to(dev)
     if channels_last:

@@ -11,14 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, TextIO
 
-__all__ = ["RunLogger", "EpochProgress", "format_seconds"]
+from ..experiments.stats import format_seconds
 
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+__all__ = ["RunLogger", "EpochProgress"]
 
 
 class RunLogger:
