@@ -4,8 +4,7 @@ A block is marked by an HTML comment on the line before its fence, ``<!-- illust
 (why it is not run: it trains for minutes, needs a file gctnet cannot have, a GPU, ...).  ``python``
 blocks that are not marked run in order, one namespace per file, in a temporary folder that holds
 ``runs/gct20`` (a tiny finished run, the one the docs' examples name).  Blocks of any other language
-(shell commands) must be marked; ``text`` blocks are not code.  Left out, because the core engineer is
-rewriting what they describe: docs/performance.md and README's Performance section.
+(shell commands) must be marked; ``text`` blocks are not code.
 """
 
 from __future__ import annotations
@@ -19,26 +18,16 @@ import torch
 from helpers import requires_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "performance.md")]
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.M | re.S)
 _MARK = re.compile(r"<!-- illustrative: (.+?) -->\s*$")
-
-
-def _skipped_sections(path: Path, text: str) -> list[tuple[int, int]]:
-    if path.name != "README.md":
-        return []
-    start = text.index("\n## Performance")
-    return [(start, text.index("\n## ", start + 1))]
 
 
 def blocks(path: Path) -> list[dict]:
     """The fenced blocks of ``path``: language, code, line, and the reason if marked illustrative."""
     text = path.read_text()
-    skip = _skipped_sections(path, text)
     found = []
     for m in _FENCE.finditer(text):
-        if any(a <= m.start() < b for a, b in skip):
-            continue
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         mark = _MARK.search(before)
         found.append({"lang": m.group(1), "code": m.group(2), "line": text[: m.start()].count("\n") + 1,

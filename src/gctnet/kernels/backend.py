@@ -9,7 +9,8 @@
 * ``eager``: the composite kernel everywhere.
 
 ``GCTNET_BACKEND`` sets the process default; it is read once, on the first GCT call (or the first
-:func:`get_backend`), and a bad value raises ``ValueError`` naming the variable.  :func:`set_backend` and
+:func:`get_backend`), and a bad value raises :class:`gctnet.errors.SettingsError` (a ``ValueError``) naming
+the variable.  :func:`set_backend` and
 :func:`use_backend` override it.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Iterator, Optional
+
+from ..errors import SettingsError
 
 __all__ = ["BACKENDS", "get_backend", "set_backend", "use_backend", "backend_source"]
 
@@ -30,7 +33,7 @@ _from_env: Optional[str] = None  # GCTNET_BACKEND, read once
 
 def _check(name: object, source: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"GCT backend must be one of {BACKENDS}, got {name!r} (from {source})")
+        raise SettingsError(f"GCT backend must be one of {BACKENDS}, got {name!r} (from {source})")
     return str(name)
 
 
