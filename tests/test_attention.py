@@ -200,7 +200,8 @@ def test_gctnet_se_is_timms_se_module():
     assert a.params == 278_258  # 277,970 with 1 input channel (docs/models.md) + 2 * 16 * 9
     # MACs counted for SE: its two FC convs, 2 * C * hidden per block (hidden 8 everywhere in ResNet-20)
     plain = model_info("resnet20", (3, 32, 32), batch_size=2)
-    assert a.macs - plain.macs == 3 * (2 * 16 * 8 + 2 * 32 * 8 + 2 * 64 * 8)
+    # the FC convs, plus 2 MACs per element each SE reads (accounting's rule for every attention module)
+    assert a.macs - plain.macs == 3 * (2 * 16 * 8 + 2 * 32 * 8 + 2 * 64 * 8) + a.attn_macs
 
 
 # --------------------------------------------------------------------------------------------------

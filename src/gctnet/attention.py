@@ -181,7 +181,7 @@ def _attention_types() -> Tuple[type, ...]:
     if sys.modules.get("timm.layers") is not None:
         from timm.layers import get_attn
 
-        for key in TIMM_ATTENTION_KEYS:
+        for key in ("se", *TIMM_ATTENTION_KEYS):  # timm's own SE too (a model may use it directly)
             layer = get_attn(key)
             layer = getattr(layer, "func", layer)  # functools.partial (ecam, gca)
             if isinstance(layer, type):
