@@ -158,10 +158,12 @@ def write_analysis(analysis: "Analysis", out_dir: PathLike, *, plots: bool = Tru
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
     if plots:
-        paths["gamma_boxplot"] = plot_gamma_boxplot(analysis.layers, out / FIGURES["gamma_boxplot"])
-        paths["gamma_positive"] = plot_gamma_positive(analysis.layers, out / FIGURES["gamma_positive"])
+        subject = analysis.subject
+        paths["gamma_boxplot"] = plot_gamma_boxplot(analysis.layers, out / FIGURES["gamma_boxplot"], subject=subject)
+        paths["gamma_positive"] = plot_gamma_positive(analysis.layers, out / FIGURES["gamma_positive"],
+                                                      subject=subject)
         if analysis.gates:
-            paths["gate_mean"] = plot_gate_mean(analysis.gates, out / FIGURES["gate_mean"])
+            paths["gate_mean"] = plot_gate_mean(analysis.gates, out / FIGURES["gate_mean"], subject=subject)
         figures = {k: FIGURES[k] for k in paths}
     data = analysis.to_dict()
     data["figures"] = figures
