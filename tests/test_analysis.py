@@ -344,3 +344,18 @@ def test_gamma_statement_opposite_trend():
     nets = [make_net(seed=s, trend=-1.0) for s in range(3)]
     text = conclusion(depth_trend(gct_statistics(nets)))
     assert "opposite to the paper" in text and "consistent with" not in text
+
+
+def test_gate_ylim_fits_the_data_and_stage_colours_are_shared():
+    from types import SimpleNamespace
+
+    from gctnet.analysis.plots import gate_ylim, stage_colors
+
+    gates = [SimpleNamespace(mean=m, std=0.005) for m in (0.97, 1.0, 1.01)]
+    lo, hi = gate_ylim(gates)
+    assert 0.9 < lo <= 0.965 and 1.015 <= hi < 1.1
+    assert gate_ylim([SimpleNamespace(mean=0.2, std=0.5)]) == (0.0, pytest.approx(1.0 + 0.08 * 1.3))
+    # one map for every model: layer2 has the same colour with or without a stem GCT
+    assert stage_colors(["stem", "layer1", "layer2"])["layer2"] == stage_colors(["layer1", "layer2", "layer3"])["layer2"]
+    names = stage_colors(["resnet20", "gct_resnet20"])  # names sharing a number still get distinct colours
+    assert names["resnet20"] != names["gct_resnet20"]

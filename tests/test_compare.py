@@ -458,25 +458,30 @@ def test_figure_titles_name_the_models_and_seeds(finished, monkeypatch):
     real_save = plots._save
 
     def spy(fig, path):
-        for ax in fig.axes:
-            seen.append((str(path), ax.get_title(), ax.get_xlabel(), ax.get_ylabel()))
+        ax = fig.axes[0]  # the main axes (a twin axis has no title of its own)
+        seen.append((str(path), ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), ax.get_ylim()))
         return real_save(fig, path)
 
     monkeypatch.setattr(plots, "_save", spy)
     compare.write_outputs(result, {"preset": "demo"})
-    titles = {p.split("/")[-1]: t for p, t, _, _ in seen}
+    titles = {p.split("/")[-1]: t for p, t, *_ in seen}
     assert "seeds 0, 1 of every model" in titles["val_top1_vs_epoch.png"]
     assert "seeds 0, 1 of every model" in titles["final_top1_per_seed.png"]
     assert "seeds 0, 1 of every model" in titles["cost_vs_accuracy.png"]
-    for path, title, xlabel, ylabel in seen:
-        assert xlabel and (ylabel or path.endswith("gate_per_layer.png")), (path, title)
+    for path, title, xlabel, ylabel, _ in seen:
+        assert title and xlabel and ylabel, (path, title)
     # the analysis figures name the model and the seeds pooled
     from gctnet.analysis import analyze
 
     seen.clear()
     dirs = [str(out / "runs" / "gct_resnet20" / f"seed{s}") for s in SEEDS]
-    analyze(dirs, batch_size=32, out=out / "analysis_titles", name="gct_resnet20, seeds 0, 1 pooled")
+    a = analyze(dirs, batch_size=32, out=out / "analysis_titles", name="gct_resnet20, seeds 0, 1 pooled")
     assert {p.split("/")[-1] for p, *_ in seen} >= {"gamma_per_layer.png", "gate_per_layer.png"}
-    for _, title, _, _ in seen:
-        assert title.startswith("gct_resnet20, seeds 0, 1 pooled: ")
-    assert "gct_resnet20, seeds 0, 1 pooled" in (out / "analysis" / "gct_resnet20" / "analysis.json").read_text() or True
+    for path, title, xlabel, ylabel, _ in seen:
+        assert title.startswith("gct_resnet20, seeds 0, 1 pooled: ") and xlabel and ylabel, path
+    # the gate plot's y-axis fits its data (not the gate's whole range 0-2)
+    lo, hi = next(ylim for p, *_, ylim in seen if p.endswith("gate_per_layer.png"))
+    data_lo = min([g.mean - g.std for g in a.gates] + [1.0])
+    data_hi = max([g.mean + g.std for g in a.gates] + [1.0])
+    assert lo <= data_lo and hi >= data_hi
+    assert (hi - lo) <= 1.2 * (data_hi - data_lo) + 0.01 and (lo, hi) != (0.0, 2.0)
