@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
     lines: list[str] = []
     result = compare.run(MODELS, SEEDS, out, preset="demo", train_options=OPTIONS, log=lines.append,
-                         analysis_images=64)
+                         analysis_images=64, cost_repeats=2)
     return out, result, lines
 
 
@@ -62,12 +62,13 @@ def test_parse_models_and_baseline():
         compare.parse_models("resnet2O")
     assert compare.baseline_model(["gct_resnet20", "se_resnet20", "resnet20"]) == "resnet20"
     assert compare.baseline_model(["gct_resnet20", "se_resnet20"]) == "gct_resnet20"
+    assert compare.baseline_model(["eca_resnet20", "cbam_resnet20", "resnet20"]) == "resnet20"
 
 
 def test_presets_are_defined_once_and_valid():
     from gctnet.train import TrainConfig
 
-    assert set(compare.PRESETS) == {"demo", "full"}
+    assert set(compare.PRESETS) == {"demo", "full", "field"}
     for p in compare.PRESETS.values():
         TrainConfig(**p.train).validate()
     assert len(compare.PRESETS["full"].seeds) == 5 and compare.PRESETS["full"].train["subset"] is None
@@ -347,3 +348,140 @@ def test_imagefolder_data_does_not_keep_the_demo_subset(tmp_path):
     config = json.loads((tmp_path / "cmp" / "runs" / "resnet20" / "seed0" / "config.json").read_text())
     assert config["subset"] is None and config["_resolved"]["train_samples"] == 8
     assert any("subset of 12288 Fashion-MNIST images does not apply" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------ ranking and side-by-side cost
+def test_field_preset_is_the_full_recipe_with_every_light_module():
+    from gctnet.attention import ATTENTION_KEYS
+
+    field, full = compare.PRESETS["field"], compare.PRESETS["full"]
+    assert dict(field.train) == dict(full.train)  # finished runs of a full study are reused as they are
+    models = compare.parse_models(list(field.models))
+    assert models[:3] == ["resnet20", "gct_resnet20", "gct_resnet20_block"]
+    assert {f"{k}_resnet20" for k in ATTENTION_KEYS} <= set(models)
+    assert compare.baseline_model(models) == "resnet20"
+
+
+def test_pareto_front_on_hand_made_points():
+    from gctnet.experiments.cost import pareto_front
+
+    pts = [(1.0, 0.0), (1.2, 0.5), (1.1, -0.2), (1.5, 0.4), (2.0, 0.9), (1.2, 0.3), (0.9, float("nan"))]
+    # (1.1, -0.2) is beaten by (1.0, 0.0); (1.5, 0.4) and (1.2, 0.3) by (1.2, 0.5); NaN is never on it
+    assert pareto_front(pts) == [0, 1, 4]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]  # ties dominate nothing
+    assert pareto_front([]) == []
+
+
+def test_cost_json_and_the_ranking_table(finished):
+    out, result, lines = finished
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["reference"] == "resnet20" and [r["model"] for r in cost["rows"]] == MODELS
+    assert cost["key"]["models"] == MODELS and cost["key"]["repeats"] == 2 and cost["key"]["input_size"] == [1, 28, 28]
+    rows = {r["model"]: r for r in cost["rows"]}
+    for m in MODELS:
+        info = gctnet.model_info(gctnet.create_model(m, num_classes=10, in_chans=1, width=0.5), (1, 28, 28), batch_size=8)
+        assert rows[m]["params"] == info.params and rows[m]["macs"] == info.macs
+        assert rows[m]["attn_params"] == info.attn_params
+        assert rows[m]["train_images_per_s"] > 0 and rows[m]["infer_images_per_s"] > 0
+    assert rows["resnet20"]["train_time_ratio"] == 1.0 and rows["resnet20"]["params_ratio"] == 1.0
+    assert rows["gct_resnet20"]["params_ratio"] == pytest.approx(rows["gct_resnet20"]["params"] / rows["resnet20"]["params"])
+    assert rows["gct_resnet20"]["train_time_ratio_ci95"] is None  # 2 repetitions: too few for an interval
+    assert any(line.startswith("cost: written") for line in lines)
+    # summary.csv carries the cost columns and the ratios
+    csv_rows = {r["model"]: r for r in read_csv(out / "summary.csv")}
+    g = csv_rows["gct_resnet20"]
+    assert float(g["cost_params_ratio"]) == pytest.approx(rows["gct_resnet20"]["params_ratio"])
+    assert float(g["cost_train_images_per_s_ratio"]) == pytest.approx(
+        rows["gct_resnet20"]["train_images_per_s"] / rows["resnet20"]["train_images_per_s"])
+    assert float(csv_rows["resnet20"]["cost_macs_ratio"]) == 1.0
+    # the ranking table: columns, best mean first, ratios, CI and seeds won
+    report = (out / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| rank |"))
+    for col in ("top-1 % (mean +- std)", "vs resnet20 (paired)", "95% CI", "seeds better", "params (x resnet20)",
+                "attn params", "MACs (x)", "train img/s (x)", "train time x (95% CI)", "infer img/s (x)",
+                "saved act. MiB/img (x)"):
+        assert col in header, col
+    table = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    ranked = sorted(result.summaries, key=lambda s: -s.top1_mean)
+    assert [line.split("|")[2].strip() for line in table] == [s.model for s in ranked]
+    gct_line = next(line for line in table if "| gct_resnet20 |" in line)
+    gs = next(s for s in result.summaries if s.model == "gct_resnet20")
+    assert f"({rows['gct_resnet20']['params_ratio']:.2f}x)" in gct_line and f"{gs.delta_wins}/2" in gct_line
+    assert "Ratios are to the plain model resnet20" in report and "machine's load" in report
+    assert "cost_vs_accuracy.png" in report and (out / "cost_vs_accuracy.png").stat().st_size > 0
+    assert json.loads((out / "compare.json").read_text())["cost"]["reference"] == "resnet20"
+
+
+def test_cost_json_is_reused_and_remeasured_when_the_models_change(finished, tmp_path):
+    import shutil
+
+    from gctnet.experiments import cost as cost_mod
+
+    out = shutil.copytree(finished[0], tmp_path / "copy")
+    before = (out / "cost.json").read_text()
+    calls = []
+    real = cost_mod.measure_costs
+    monkey = lambda *a, **k: calls.append(a) or real(*a, **k)  # noqa: E731
+    cost_mod.measure_costs = monkey
+    try:
+        lines: list[str] = []
+        compare.run(MODELS, SEEDS, out, train_options=OPTIONS, log=lines.append, analyze=False, cost_repeats=2)
+        assert calls == [] and (out / "cost.json").read_text() == before
+        assert any("cost.json is up to date" in line for line in lines)
+        assert "reused from an earlier call" in (out / "report.md").read_text()
+        # a model of the folder gone: the key changes, the cost is measured again for the models left
+        shutil.rmtree(out / "runs" / "gct_resnet20")
+        result = compare.run(["resnet20"], SEEDS, out, train_options=OPTIONS, log=None, analyze=False, cost_repeats=1)
+        assert len(calls) == 1 and calls[0][0] == ["resnet20"]
+        assert json.loads((out / "cost.json").read_text())["key"]["models"] == ["resnet20"]
+        assert result.cost["reused"] is False
+    finally:
+        cost_mod.measure_costs = real
+
+
+def test_no_plain_model_ratios_are_to_the_first_and_the_report_says_so(finished, tmp_path):
+    import shutil
+
+    out = shutil.copytree(finished[0], tmp_path / "copy2")
+    shutil.rmtree(out / "runs" / "resnet20")
+    (out / "cost.json").unlink()
+    result = compare.run(["gct_resnet20"], SEEDS, out, train_options=OPTIONS, log=None, analyze=False, cost_repeats=1)
+    assert result.cost["reference"] == "gct_resnet20"
+    assert "no plain model: ratios are to the first model, gct_resnet20" in result.report.read_text()
+
+
+def test_figure_titles_name_the_models_and_seeds(finished, monkeypatch):
+    from gctnet.analysis import plots
+
+    out, result, _ = finished
+    seen = []
+    real_save = plots._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]  # the main axes (a twin axis has no title of its own)
+        seen.append((str(path), ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), ax.get_ylim()))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    compare.write_outputs(result, {"preset": "demo"})
+    titles = {p.split("/")[-1]: t for p, t, *_ in seen}
+    assert "seeds 0, 1 of every model" in titles["val_top1_vs_epoch.png"]
+    assert "seeds 0, 1 of every model" in titles["final_top1_per_seed.png"]
+    assert "seeds 0, 1 of every model" in titles["cost_vs_accuracy.png"]
+    for path, title, xlabel, ylabel, _ in seen:
+        assert title and xlabel and ylabel, (path, title)
+    # the analysis figures name the model and the seeds pooled
+    from gctnet.analysis import analyze
+
+    seen.clear()
+    dirs = [str(out / "runs" / "gct_resnet20" / f"seed{s}") for s in SEEDS]
+    a = analyze(dirs, batch_size=32, out=out / "analysis_titles", name="gct_resnet20, seeds 0, 1 pooled")
+    assert {p.split("/")[-1] for p, *_ in seen} >= {"gamma_per_layer.png", "gate_per_layer.png"}
+    for path, title, xlabel, ylabel, _ in seen:
+        assert title.startswith("gct_resnet20, seeds 0, 1 pooled: ") and xlabel and ylabel, path
+    # the gate plot's y-axis fits its data (not the gate's whole range 0-2)
+    lo, hi = next(ylim for p, *_, ylim in seen if p.endswith("gate_per_layer.png"))
+    data_lo = min([g.mean - g.std for g in a.gates] + [1.0])
+    data_hi = max([g.mean + g.std for g in a.gates] + [1.0])
+    assert lo <= data_lo and hi >= data_hi
+    assert (hi - lo) <= 1.2 * (data_hi - data_lo) + 0.01 and (lo, hi) != (0.0, 2.0)

@@ -33,6 +33,14 @@ class Analysis:
     gates: list[GateStats] = field(default_factory=list)
     gate_note: str = ""  # which data the gates were measured on, or why not
     trend: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # what the figures' titles call it, e.g. "gct_resnet20, seeds 0, 1 pooled"
+
+    @property
+    def subject(self) -> str:
+        """The model (and the seeds pooled) that the figure titles name."""
+        if self.name:
+            return self.name
+        return self.source if self.models == 1 else f"{self.models} models pooled"
 
     @property
     def conclusion(self) -> str:
@@ -122,6 +130,7 @@ def analyze(
     batch_size: int = 256,
     device: Optional[Union[str, torch.device]] = None,
     out: Optional[PathLike] = None,
+    name: Optional[str] = None,
 ) -> Analysis:
     """Statistics of every GCT layer's alpha/gamma/beta and (with data) of the gate it applies.
 
@@ -139,6 +148,8 @@ def analyze(
             random sample of a dataset).
         device: where to run the models for the gate statistics (default: where their parameters are).
         out: if given, write ``analysis.json``, ``analysis.md`` and the figures there.
+        name: what the figure titles call the model, e.g. ``"gct_resnet20, seeds 0, 1 pooled"`` (default:
+            the source, or the number of models pooled).
     """
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     if not sources:
@@ -165,7 +176,8 @@ def analyze(
         note = f"not measured: {desc}"
 
     result = Analysis(
-        source=label, models=len(models), layers=layers, gates=gates, gate_note=note, trend=depth_trend(layers)
+        source=label, models=len(models), layers=layers, gates=gates, gate_note=note, trend=depth_trend(layers),
+        name=name or "",
     )
     if out is not None:
         from .report import write_analysis

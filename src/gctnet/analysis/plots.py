@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -22,7 +23,10 @@ __all__ = [
     "plot_gate_mean",
     "plot_accuracy_curves",
     "plot_final_per_seed",
+    "plot_cost_vs_accuracy",
     "stage_colors",
+    "model_colors",
+    "gate_ylim",
 ]
 
 PathLike = Union[str, Path]
@@ -37,12 +41,52 @@ def _pyplot() -> Any:
     return plt
 
 
+def _stage_rank(stage: str) -> int:
+    """Fixed palette slot of a stage: ``stem`` 0, ``layerN``/``stageN``/... N, ``head`` 9; so a stage has
+    the same colour in every model's figures, whether or not the model has a stem GCT."""
+    if stage == "stem":
+        return 0
+    if stage == "head":
+        return 9
+    digits = re.search(r"(\d+)$", stage)
+    return int(digits.group(1)) % 10 if digits else -1
+
+
 def stage_colors(stages: Sequence[str]) -> dict[str, Any]:
-    """One colour per stage, in order of first appearance (tab10, then tab20)."""
+    """One colour per stage from one fixed map for every model (tab10 slot by stage number, see
+    :func:`_stage_rank`); names without a number, or whose slot is taken, get the free slots in order of
+    first appearance (two names never share a colour while slots are left)."""
     plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
     unique = list(dict.fromkeys(stages))
+    slots: dict[str, int] = {}
+    for s in unique:
+        r = _stage_rank(s)
+        if r >= 0 and r not in slots.values():
+            slots[s] = r
+    for s in unique:
+        if s not in slots:
+            free = [i for i in range(10) if i not in slots.values()]
+            slots[s] = free[0] if free else len(slots) % 10
+    return {s: cmap(slots[s]) for s in unique}
+
+
+def model_colors(models: Sequence[str]) -> dict[str, Any]:
+    """One colour per model, in the given order (tab10, then tab20)."""
+    plt = _pyplot()
+    unique = list(dict.fromkeys(models))
     cmap = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20")
     return {s: cmap(i % cmap.N) for i, s in enumerate(unique)}
+
+
+def gate_ylim(gates: Sequence[GateStats]) -> tuple[float, float]:
+    """y-limits of the gate plot that fit its data (mean +- std of every layer and the neutral 1), padded
+    by 8% of the range, within the gate's range (0, 2)."""
+    lows = [g.mean - g.std for g in gates] + [1.0]
+    highs = [g.mean + g.std for g in gates] + [1.0]
+    lo, hi = min(lows), max(highs)
+    pad = max(0.08 * (hi - lo), 1e-3)
+    return max(0.0, lo - pad), min(2.0, hi + pad)
 
 
 def _figure(n_layers: int, height: float = 3.8) -> tuple[Any, Any]:
@@ -74,7 +118,11 @@ def _finish(fig: Any, ax: Any, layers: Sequence[Any], colors: dict[str, Any], pa
     return _save(fig, path)
 
 
-def plot_gamma_boxplot(layers: Sequence[LayerStats], path: PathLike, *, title: str = "") -> Path:
+def _titled(title: str, default: str, subject: str) -> str:
+    return title or (f"{subject}: {default}" if subject else default)
+
+
+def plot_gamma_boxplot(layers: Sequence[LayerStats], path: PathLike, *, title: str = "", subject: str = "") -> Path:
     """Box plot of gamma per GCT layer along depth, boxes coloured by stage; a line marks gamma = 0."""
     colors = stage_colors([l.stage for l in layers])
     fig, ax = _figure(len(layers))
@@ -93,11 +141,12 @@ def plot_gamma_boxplot(layers: Sequence[LayerStats], path: PathLike, *, title: s
         patch.set_linewidth(0.6)
     ax.axhline(0.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylabel("gamma")
-    ax.set_title(title or "GCT gamma per layer (< 0: channels cooperate, > 0: channels compete)", fontsize=10)
+    ax.set_title(_titled(title, "GCT gamma per layer (< 0: channels cooperate, > 0: channels compete)", subject),
+                 fontsize=10)
     return _finish(fig, ax, layers, colors, path)
 
 
-def plot_gamma_positive(layers: Sequence[LayerStats], path: PathLike, *, title: str = "") -> Path:
+def plot_gamma_positive(layers: Sequence[LayerStats], path: PathLike, *, title: str = "", subject: str = "") -> Path:
     """Bar chart of the share of channels with gamma > 0 per layer, coloured by stage."""
     colors = stage_colors([l.stage for l in layers])
     fig, ax = _figure(len(layers))
@@ -111,11 +160,11 @@ def plot_gamma_positive(layers: Sequence[LayerStats], path: PathLike, *, title: 
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of channels with gamma > 0")
-    ax.set_title(title or "Share of channels with gamma > 0 per GCT layer", fontsize=10)
+    ax.set_title(_titled(title, "share of channels with gamma > 0 per GCT layer", subject), fontsize=10)
     return _finish(fig, ax, layers, colors, path)
 
 
-def plot_gate_mean(gates: Sequence[GateStats], path: PathLike, *, title: str = "") -> Path:
+def plot_gate_mean(gates: Sequence[GateStats], path: PathLike, *, title: str = "", subject: str = "") -> Path:
     """Mean gate per layer with +-1 std error bars (left axis) and the share of amplified (gate > 1)
     channel values as a line (right axis); the neutral gate 1 is marked."""
     colors = stage_colors([g.stage for g in gates])
@@ -124,14 +173,14 @@ def plot_gate_mean(gates: Sequence[GateStats], path: PathLike, *, title: str = "
     for x, g in zip(xs, gates):
         ax.errorbar(x, g.mean, yerr=g.std, fmt="o", color=colors[g.stage], markersize=4, capsize=2, linewidth=1)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    ax.set_ylim(0, 2)
+    ax.set_ylim(*gate_ylim(gates))
     ax.set_ylabel("gate 1 + tanh(z)  (mean +- std)")
     ax2 = ax.twinx()
     ax2.plot(xs, [g.amplified for g in gates], color="gray", linewidth=1, marker=".", label="share amplified (gate > 1)")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("share amplified (gate > 1)", color="gray")
     ax2.legend(loc="lower right", fontsize=8, framealpha=0.8)
-    ax.set_title(title or "GCT gate per layer on real data", fontsize=10)
+    ax.set_title(_titled(title, "GCT gate per layer on real data", subject), fontsize=10)
     return _finish(fig, ax, gates, colors, path)
 
 
@@ -150,7 +199,7 @@ def plot_accuracy_curves(
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = stage_colors(list(curves))
+    colors = model_colors(list(curves))
     for model, seeds in curves.items():
         n = max((len(c) for c in seeds), default=0)
         if n == 0:
@@ -180,7 +229,7 @@ def plot_final_per_seed(
     """Strip plot: one point per seed (labelled with the seed) and a bar for the mean, per model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(values) + 2), 4.2), dpi=110)
-    colors = stage_colors(list(values))
+    colors = model_colors(list(values))
     for x, (model, per_seed) in enumerate(values.items()):
         seeds = sorted(per_seed)
         k = len(seeds)
@@ -195,7 +244,50 @@ def plot_final_per_seed(
     ax.set_xticks(range(len(values)))
     ax.set_xticklabels(list(values), rotation=15, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(values) - 0.4)
+    ax.set_xlabel("model")
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Final accuracy per seed (points, labelled by seed) and mean (bar)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cost_vs_accuracy(
+    points: Sequence[dict[str, Any]],
+    front: Sequence[int],
+    path: PathLike,
+    *,
+    xlabel: str = "train step time ratio to the plain model (side by side)",
+    ylabel: str = "top-1 difference to the plain model (percentage points)",
+    title: str = "",
+) -> Path:
+    """One point per model: ``cost`` (x, e.g. the side-by-side train-time ratio) against ``gain`` (y, the
+    paired difference to the plain model) with its 95% interval ``ci`` as a vertical bar; the points of
+    ``front`` (indices, see :func:`gctnet.experiments.cost.pareto_front`) are ringed and joined."""
+    import math
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    colors = model_colors([p["model"] for p in points])
+    on_front = set(front)
+    for i, p in enumerate(points):
+        x, y = p.get("cost"), p.get("gain")
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        ci = p.get("ci")
+        if ci:
+            ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor=colors[p["model"]], capsize=3,
+                        linewidth=1)
+        ax.scatter([x], [y], color=colors[p["model"]], s=60 if i in on_front else 30, zorder=3,
+                   edgecolor="black", linewidth=1.2 if i in on_front else 0.4)
+        ax.annotate(p["model"], (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    if front:
+        ax.plot([points[i]["cost"] for i in front], [points[i]["gain"] for i in front], color="black",
+                linewidth=1, linestyle="--", zorder=2, label="Pareto front (cheaper or better than every other)")
+        ax.legend(fontsize=8, loc="best")
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.axvline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Accuracy gain against training cost (Pareto front joined)", fontsize=9)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -30,7 +30,13 @@ PAPER = "the paper's finding (gamma < 0 in shallow layers: channels cooperate; g
 
 
 def conclusion(trend: dict[str, Any]) -> str:
-    """One sentence on the gamma-vs-depth trend computed by :func:`gctnet.analysis.stats.depth_trend`."""
+    """One sentence on the gamma-vs-depth trend computed by :func:`gctnet.analysis.stats.depth_trend`.
+
+    It states the strength of the evidence, not the sign of a pooled mean: the difference (mean gamma of
+    the last third of the layers) - (mean gamma of the first third) with its 95% interval (across seeds
+    when several are pooled, across layers for one model).  Only an interval above 0 is called
+    consistent with the paper; one containing 0 is "not distinguishable from 0".
+    """
     verdict = trend.get("verdict")
     n = trend.get("layers", 0)
     if verdict == "too_few_layers":
@@ -43,18 +49,30 @@ def conclusion(trend: dict[str, Any]) -> str:
         f"Mean gamma is {s:+.3g} in the first third of the {n} GCT layers ({s0}-{s1}) and {d:+.3g} in the "
         f"last third ({d0}-{d1}): "
     )
-    tail = {
-        "matches": f"this matches {PAPER}.",
-        "partial": f"gamma grows with depth, but the signs do not match {PAPER}.",
-        "opposite": f"gamma does not grow with depth, unlike {PAPER}.",
-        "negligible": "gamma has barely moved from its initial 0 (both means below 0.001 in magnitude): too "
-        "little training to compare with the paper's finding.",
-    }[verdict]
+    if verdict == "negligible":
+        return head + ("gamma has barely moved from its initial 0 (both means below 0.001 in magnitude): too "
+                       "little training to compare with the paper's finding.")
+    diff, ci = trend.get("difference"), trend.get("difference_ci95")
+    k, basis = trend.get("difference_n", 0), trend.get("difference_basis", "seeds")
+    unit = f"{k} seeds" if basis == "seeds" else f"across {k} layers of one model"
+    if diff is None or ci is None:
+        return head + (f"last minus first third is {diff:+.3g} with no interval ({unit}): not a test, so "
+                       f"neither consistent with nor against {PAPER}.")
+    strength = f"difference last - first third {diff:+.3g}, 95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}], {unit}"
+    if ci[0] > 0:
+        signs = ("with the paper's signs" if s < 0 < d else
+                 "gamma grows with depth, though the signs of the two means differ from the paper's")
+        text = f"consistent with {PAPER} ({strength}; {signs})."
+    elif ci[1] < 0:
+        text = f"gamma falls with depth, opposite to {PAPER} ({strength})."
+    else:
+        text = (f"the difference is not distinguishable from 0 ({strength}): these runs neither support nor "
+                f"contradict {PAPER}.")
     per_model = trend.get("per_model") or []
-    if len(per_model) > 1 and verdict != "negligible":
-        hits = sum(1 for m in per_model if m["verdict"] == "matches")
-        tail += f" Taken one by one, {hits} of the {len(per_model)} pooled models match it."
-    return head + tail
+    if len(per_model) > 1:
+        up = sum(1 for m in per_model if m.get("difference", m["deep_mean_gamma"] - m["shallow_mean_gamma"]) > 0)
+        text += f" Gamma grows with depth in {up} of the {len(per_model)} seeds."
+    return head + text
 
 
 def _clean(obj: Any) -> Any:
@@ -140,10 +158,12 @@ def write_analysis(analysis: "Analysis", out_dir: PathLike, *, plots: bool = Tru
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
     if plots:
-        paths["gamma_boxplot"] = plot_gamma_boxplot(analysis.layers, out / FIGURES["gamma_boxplot"])
-        paths["gamma_positive"] = plot_gamma_positive(analysis.layers, out / FIGURES["gamma_positive"])
+        subject = analysis.subject
+        paths["gamma_boxplot"] = plot_gamma_boxplot(analysis.layers, out / FIGURES["gamma_boxplot"], subject=subject)
+        paths["gamma_positive"] = plot_gamma_positive(analysis.layers, out / FIGURES["gamma_positive"],
+                                                      subject=subject)
         if analysis.gates:
-            paths["gate_mean"] = plot_gate_mean(analysis.gates, out / FIGURES["gate_mean"])
+            paths["gate_mean"] = plot_gate_mean(analysis.gates, out / FIGURES["gate_mean"], subject=subject)
         figures = {k: FIGURES[k] for k in paths}
     data = analysis.to_dict()
     data["figures"] = figures

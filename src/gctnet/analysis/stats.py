@@ -39,6 +39,7 @@ __all__ = [
     "gate_statistics",
     "collect_batches",
     "depth_trend",
+    "depth_difference",
     "stage_summary",
 ]
 
@@ -478,7 +479,28 @@ def depth_trend(layers: Sequence[LayerStats]) -> dict[str, Any]:
         zero = all(bool((l.values["gamma"][m] == 0).all()) for l in layers)
         per_model.append({"shallow_mean_gamma": ms, "deep_mean_gamma": md, "verdict": verdict(ms, md, zero)})
     result["per_model"] = per_model
+    result.update(depth_difference(layers, shallow, deep, per_model))
     return result
+
+
+def depth_difference(layers: Sequence[LayerStats], shallow: Sequence[LayerStats], deep: Sequence[LayerStats],
+                     per_model: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The strength of the depth trend: (mean gamma of the last third) - (mean gamma of the first third)
+    with a 95% interval.  Several pooled models (seeds): one difference per seed and a Student-t interval
+    across the seeds (``basis="seeds"``).  One model: the per-layer mean gammas of the two thirds and a
+    two-sample t-interval across those layers (``basis="layers"``; None with fewer than 3 layers)."""
+    from ..experiments.stats import finite_mean, t_interval95, two_sample_t_interval95
+
+    if len(per_model) >= 2:
+        diffs = [m["deep_mean_gamma"] - m["shallow_mean_gamma"] for m in per_model]
+        for m, d in zip(per_model, diffs):
+            m["difference"] = d
+        return {"difference": finite_mean(diffs), "difference_ci95": t_interval95(diffs), "difference_n": len(diffs),
+                "difference_basis": "seeds"}
+    s = [l.gamma.mean for l in shallow]
+    d = [l.gamma.mean for l in deep]
+    return {"difference": finite_mean(d) - finite_mean(s), "difference_ci95": two_sample_t_interval95(d, s),
+            "difference_n": len(s) + len(d), "difference_basis": "layers"}
 
 
 def stage_summary(layers: Sequence[LayerStats]) -> list[dict[str, Any]]:

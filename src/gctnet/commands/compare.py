@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     presets = "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
     parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS),
-        help=f"comma list of registered models (default: {','.join(DEFAULT_MODELS)})",
+        "--models", default=None,
+        help=f"comma list of registered models (default: the preset's; demo and full: {','.join(DEFAULT_MODELS)})",
     )
     parser.add_argument(
         "--seeds", default=None,
@@ -42,13 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--analysis-images", type=int, default=256, metavar="N",
         help="validation images for the gate statistics of the analysis (default 256)",
     )
+    parser.add_argument(
+        "--cost-repeats", type=int, default=10, metavar="N",
+        help="interleaved repetitions of the side-by-side cost measurement at the end (default 10; 0 skips it)",
+    )
     add_config_arguments(parser, exclude=PER_RUN, group=_TRAIN_GROUP, show_defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import compare
 
-    models = compare.parse_models(args.models)
+    models = compare.parse_models(args.models) if args.models is not None else None
     seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.analysis_images < 1:
         raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         analyze=not args.no_analyze,
         analysis_images=args.analysis_images,
+        cost_repeats=args.cost_repeats,
     ), lambda result: f"report: {result.report}")
 
 

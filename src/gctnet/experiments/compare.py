@@ -73,7 +73,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "se_resnet20", "gct_resnet20", "gct_resnet20_block")
-_VARIANT_PREFIXES = ("se_", "gct_")
+#: the field: plain, GCT on every conv and once per block, and every supported light attention module
+#: (gctnet.attention.ATTENTION_KEYS) on the same ResNet-20
+FIELD_MODELS: tuple[str, ...] = (
+    "resnet20", "gct_resnet20", "gct_resnet20_block", "se_resnet20", "eca_resnet20", "cbam_resnet20",
+    "ge_resnet20", "gc_resnet20", "ecam_resnet20", "ceca_resnet20", "gca_resnet20", "lcbam_resnet20",
+    "ese_resnet20", "coord_resnet20", "scoord_resnet20", "ela_resnet20", "strip_resnet20",
+)
+
+
+def _variant_prefixes() -> tuple[str, ...]:
+    """Name prefixes of attention variants (``gct_``, ``se_``, ``eca_``, ...): a model without one is plain."""
+    from ..attention import ATTENTION_KEYS
+
+    return tuple(f"{k}_" for k in ("gct", "ese", *ATTENTION_KEYS))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,6 +100,7 @@ class Preset:
     seeds: tuple[int, ...]
     train: Mapping[str, Any]
     description: str
+    models: Optional[tuple[str, ...]] = None  # default models of the preset (None: DEFAULT_MODELS)
 
 
 def _paper_recipe(epochs: int) -> dict[str, Any]:
@@ -114,6 +128,16 @@ PRESETS: dict[str, Preset] = {
         train={**_paper_recipe(10), "subset": None},
         description="the study setting: the full training set, the paper's SGD recipe scaled to 10 epochs "
         "(batch 256, lr 0.1, x0.1 at epochs 3/6/9, first epoch at 0.1x lr, no weight decay on GCT beta), 5 seeds",
+    ),
+    # the full preset's recipe, so finished runs of a `full` study folder are reused as they are
+    "field": Preset(
+        name="field",
+        seeds=(0, 1, 2),
+        train={**_paper_recipe(10), "subset": None},
+        models=FIELD_MODELS,
+        description="ranks a field: plain, GCT (every conv and per block), SE, ECA, CBAM, GE, GC and the other "
+        "supported light attention modules on ResNet-20, under the full preset's recipe, 3 seeds (add seeds 3,4 "
+        "of plain and GCT with a second call: docs/compare.md)",
     ),
 }
 
@@ -170,10 +194,12 @@ def parse_models(value: Union[str, Sequence[str]]) -> list[str]:
 
 
 def baseline_model(models: Sequence[str]) -> str:
-    """The plain model the others are compared with: the first without an ``se_``/``gct_`` prefix
-    (and without a ``_block`` suffix), else the first listed."""
+    """The plain model the others are compared with: the first without an attention prefix (``gct_``,
+    ``se_``, ``eca_``, ... of :data:`gctnet.attention.ATTENTION_KEYS`) and without a ``_block`` suffix,
+    else the first listed."""
+    prefixes = _variant_prefixes()
     for m in models:
-        if not m.startswith(_VARIANT_PREFIXES) and not m.endswith("_block"):
+        if not m.startswith(prefixes) and not m.endswith("_block"):
             return m
     return models[0]
 
@@ -228,6 +254,7 @@ class CompareResult:
     runs: list[dict[str, Any]]
     summaries: list[ModelSummary]
     paths: dict[str, Path] = field(default_factory=dict)
+    cost: Optional[dict[str, Any]] = None  # the side-by-side cost measurement (cost.json), None when skipped
     trained: int = 0  # runs trained (or resumed) by this call
     skipped: int = 0  # runs found finished
 
@@ -368,6 +395,7 @@ def run(
     baseline: Optional[str] = None,
     analyze: bool = True,
     analysis_images: int = 256,
+    cost_repeats: int = 10,
     log: Optional[Callable[[str], None]] = print,
 ) -> CompareResult:
     """Train every (model, seed) with the same options, skip finished runs, write tables, plots, report.
@@ -382,12 +410,14 @@ def run(
         baseline: the plain model for the differences (default: :func:`baseline_model`).
         analyze: run :func:`gctnet.analysis.analyze` on every GCT model (pooled over its seeds).
         analysis_images: validation images (a seeded random sample) for the gate statistics.
+        cost_repeats: interleaved repetitions of the side-by-side cost measurement at the end
+            (:mod:`gctnet.experiments.cost`, ``cost.json``); 0 skips it (no cost columns).
         log: where progress lines go (``None``: silent).
     """
     if preset not in PRESETS:
         raise CompareError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     p = PRESETS[preset]
-    model_list = parse_models(DEFAULT_MODELS if models is None else models)
+    model_list = parse_models((p.models or DEFAULT_MODELS) if models is None else models)
     seed_list = parse_seeds(p.seeds if seeds is None else seeds)
     base = baseline or baseline_model(model_list)
     if base not in model_list:
@@ -405,12 +435,14 @@ def run(
         options["subset"] = None
     out = Path(out)
     with FolderLock(out, "comparison folder"):  # one compare per folder at a time; created if needed
-        return _compare(out, model_list, seed_list, base, options, user, p, analyze, analysis_images, say)
+        result = _compare(out, model_list, seed_list, base, options, user, p, analyze, analysis_images, say,
+                          cost_repeats)
+    return result
 
 
 def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, options: dict[str, Any],
              user: dict[str, Any], preset: Preset, analyze: bool, analysis_images: int,
-             say: Callable[[str], None]) -> CompareResult:
+             say: Callable[[str], None], cost_repeats: int = 10) -> CompareResult:
     def intended(model: str, seed: int) -> TrainConfig:
         return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
 
@@ -451,6 +483,8 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
     result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
     if analyze:
         _analyze_models(result, analysis_images, say)
+    # after every run: the cost of every summarised model, measured side by side in this process
+    result.cost = _cost_step(result, options, cost_repeats, say)
     settings = {
         "preset": preset.name,
         "preset_description": preset.description,
@@ -464,6 +498,17 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
     return result
 
 
+def _cost_step(result: CompareResult, options: Mapping[str, Any], repeats: int,
+               say: Callable[[str], None]) -> Optional[dict[str, Any]]:
+    from .cost import cost_step
+
+    models = [s.model for s in result.summaries]
+    if not models:
+        return None
+    reference = result.baseline if result.baseline in models else models[0]
+    return cost_step(result.out, models, reference, options, repeats=repeats, say=say)
+
+
 def _analyze_models(result: CompareResult, images: int, say: Callable[[str], None]) -> None:
     from ..analysis import analyze
 
@@ -474,7 +519,9 @@ def _analyze_models(result: CompareResult, images: int, say: Callable[[str], Non
         dirs = [str(result.out / r["run_dir"]) for r in result.runs if r["model"] == s.model]
         target = result.out / "analysis" / s.model
         say(f"analyze: {s.model} ({len(dirs)} seed(s) pooled) -> {target}")
-        a = analyze(dirs, batches=1, batch_size=images, out=target)
+        seeds = ", ".join(str(r["seed"]) for r in result.runs if r["model"] == s.model)
+        a = analyze(dirs, batches=1, batch_size=images, out=target,
+                    name=f"{s.model}, seed{'s' if len(dirs) > 1 else ''} {seeds}" + (" pooled" if len(dirs) > 1 else ""))
         s.analysis = str(target.relative_to(result.out) / "analysis.md")
         s.conclusion = a.conclusion
 
@@ -505,6 +552,11 @@ _SUMMARY_COLUMNS = (
     "model", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "delta_top1_mean", "delta_top1_std",
     "delta_seeds", "delta_top1_ci95_low", "delta_top1_ci95_high", "delta_wins", "params", "gct_params", "macs", "train_seconds", "images_per_sec", "top1_per_seed",
     "top5_per_seed", "analysis",
+    # measured side by side in one process at the end of the comparison (cost.json); ratios to the reference
+    "cost_params", "cost_attn_params", "cost_macs", "cost_train_images_per_s", "cost_infer_images_per_s",
+    "cost_saved_bytes_per_image", "cost_train_time_ratio", "cost_infer_time_ratio", "cost_params_ratio",
+    "cost_attn_params_ratio", "cost_macs_ratio", "cost_train_images_per_s_ratio", "cost_infer_images_per_s_ratio",
+    "cost_saved_bytes_per_image_ratio",
 )
 
 
@@ -543,6 +595,88 @@ def _summary_table(summaries: Sequence[ModelSummary], baseline: str) -> list[str
     return lines
 
 
+def cost_rows(cost: Optional[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Model -> its row of ``cost.json`` with every ratio to the reference (``<key>_ratio``) filled in."""
+    from .cost import RATIO_KEYS, cost_ratio
+
+    if not cost:
+        return {}
+    rows = {r["model"]: dict(r) for r in cost.get("rows", [])}
+    ref = rows.get(cost.get("reference"), {})
+    for r in rows.values():
+        for k in RATIO_KEYS:
+            r[f"{k}_ratio"] = cost_ratio(r.get(k), ref.get(k))
+    return rows
+
+
+def _x(value: Optional[float]) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
+
+
+def ranking_table(summaries: Sequence[ModelSummary], baseline: str, cost: Optional[Mapping[str, Any]]) -> list[str]:
+    """The field ranked by mean top-1 (best first): accuracy, the paired difference to the plain model
+    with its 95% CI and seeds won, and the side-by-side cost with ratios to the cost reference."""
+    rows = cost_rows(cost)
+    ref = (cost or {}).get("reference", baseline)
+    lines = [
+        f"| rank | model | seeds | top-1 % (mean +- std) | vs {baseline} (paired) | 95% CI | seeds better "
+        f"| params (x {ref}) | attn params | MACs (x) | train img/s (x) | train time x (95% CI) | infer img/s (x) "
+        "| saved act. MiB/img (x) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ranked = sorted(summaries, key=lambda s: -s.top1_mean if math.isfinite(s.top1_mean) else math.inf)
+    for rank, s in enumerate(ranked, start=1):
+        ci, wins = "-", "-"
+        if s.is_baseline:
+            delta = "(plain)"
+        elif s.delta_seeds:
+            delta = f"{s.delta_top1_mean:+.2f}"
+            ci, wins = format_interval(s.delta_top1_ci95), f"{s.delta_wins}/{s.delta_seeds}"
+        else:
+            delta = "-"
+        c = rows.get(s.model)
+        if c:
+            tci = c.get("train_time_ratio_ci95")
+            cells = [
+                f"{_si(c['params'])} ({_x(c['params_ratio'])})", f"{c['attn_params']:,}",
+                f"{_si(c['macs'])} ({_x(c['macs_ratio'])})",
+                f"{c['train_images_per_s']:.0f} ({_x(c['train_images_per_s_ratio'])})",
+                _x(c["train_time_ratio"]) + (f" [{tci[0]:.2f}, {tci[1]:.2f}]" if tci else ""),
+                f"{c['infer_images_per_s']:.0f} ({_x(c['infer_images_per_s_ratio'])})",
+                f"{c['saved_bytes_per_image'] / 2**20:.3f} ({_x(c['saved_bytes_per_image_ratio'])})",
+            ]
+        else:
+            cells = ["-"] * 7
+        lines.append(f"| {rank} | {s.model} | {len(s.seeds)} | {plus_minus(s.top1_mean, s.top1_std)} | {delta} | {ci} "
+                     f"| {wins} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_notes(cost: Optional[Mapping[str, Any]], baseline: str, models: Sequence[str]) -> str:
+    if not cost:
+        return ("No side-by-side cost measurement (cost_repeats=0): the cost columns are empty. The per-run times "
+                "in the training logs are not model costs (they measure the machine's load during each run).")
+    st = cost.get("settings", {})
+    ref = cost.get("reference")
+    plain = ref == baseline and not str(ref).startswith(_variant_prefixes()) and not str(ref).endswith("_block")
+    ref_note = (f"Ratios are to the plain model {ref}." if plain else
+                f"The comparison has no plain model: ratios are to the first model, {ref}.")
+    env = cost.get("environment") or {}
+    return (
+        "Cost columns are measured side by side in one process at the end of the comparison "
+        f"(`cost.json`{', reused from an earlier call' if cost.get('reused') else ''}): every model built "
+        f"at the data's input size {'x'.join(map(str, st.get('input_size', [])))}, batch {st.get('batch_size')}, "
+        f"{st.get('repeats')} interleaved repetitions on {st.get('device')} ({st.get('torch_threads')} torch threads"
+        f"{', ' + str(env.get('cpus')) + ' CPUs' if env.get('cpus') else ''}); train = forward + loss + backward + "
+        "SGD step, infer = no-grad forward; img/s are batch / median time, the train time ratio is the median of "
+        "per-repetition ratios with a distribution-free 95% interval (shown from 6 repetitions). Params, attention "
+        "params, MACs (attention modules charged 2 MACs per input element) and saved activation bytes (autograd's "
+        f"saved tensors per image in a train-mode forward) come from `gctnet.model_info`. {ref_note} "
+        "Per-run train times and images/s from the training logs (tables below) measure the machine's load "
+        "while each run trained, not the model's cost, and are labelled as such."
+    )
+
+
 _TABLE_NOTES = (
     "Accuracies are on the validation set after the last epoch (not the best epoch, which would select on "
     "the test data); +- is the sample standard deviation over seeds. The difference to the plain model is "
@@ -550,7 +684,8 @@ _TABLE_NOTES = (
     "its 95% confidence interval (Student's t; an interval containing 0 means the difference is not "
     "distinguishable from seed noise) and the number of seeds where the model beat the plain one. "
     "MACs per image include GCT (2 per input element); train time and images/s are means per run "
-    "(training only, from the engine's summary)."
+    "(training only, from the engine's summary): per-run log times that measure the machine's load during "
+    "each run, not the model's cost (the side-by-side cost columns of the ranking do)."
 )
 
 
@@ -573,6 +708,41 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
     ]
 
 
+def _seeds_text(summaries: Sequence[ModelSummary]) -> str:
+    """``seeds 0-4 per model`` or ``seeds: resnet20 0, 1, 2; gct_resnet20 0, 1`` for the figure titles."""
+    sets = {tuple(s.seeds) for s in summaries}
+    if len(sets) == 1:
+        (seeds,) = sets
+        return f"seeds {', '.join(map(str, seeds))} of every model"
+    return "seeds: " + "; ".join(f"{s.model} {','.join(map(str, s.seeds))}" for s in summaries)
+
+
+def _cost_plot(result: CompareResult, path: Path, seeds_text: str) -> Optional[Path]:
+    """Cost-vs-accuracy figure with the Pareto front, or None without a cost measurement."""
+    from ..analysis.plots import plot_cost_vs_accuracy
+    from .cost import pareto_front
+
+    rows = cost_rows(result.cost)
+    if not rows:
+        return None
+    points = []
+    for s in result.summaries:
+        c = rows.get(s.model)
+        if c is None:
+            continue
+        delta = 0.0 if s.is_baseline else s.delta_top1_mean
+        points.append({"model": s.model, "cost": c.get("train_time_ratio"), "gain": delta,
+                       "ci": None if s.is_baseline else s.delta_top1_ci95, "n": s.delta_seeds or len(s.seeds)})
+    front = pareto_front([(p["cost"], p["gain"]) for p in points])
+    ref = (result.cost or {}).get("reference")
+    return plot_cost_vs_accuracy(
+        points, front, path,
+        xlabel=f"train step time / {ref} (side by side, one process)",
+        ylabel=f"top-1 difference to {result.baseline} (percentage points, paired)",
+        title=f"Accuracy gain against training cost; Pareto front joined ({seeds_text})",
+    )
+
+
 def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[str, Path]:
     """Write ``runs.csv``, ``summary.csv``, ``summary.md``, ``compare.json``, the figures and
     ``report.md`` into ``result.out``; returns the paths by key."""
@@ -582,6 +752,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     out = result.out
     paths: dict[str, Path] = {}
     paths["runs_csv"] = write_csv(out / "runs.csv", _RUN_COLUMNS, result.runs)
+    crow = cost_rows(result.cost)
     summary_rows = []
     for s in result.summaries:
         row = s.to_dict()
@@ -589,6 +760,9 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         row["top1_per_seed"] = " ".join(f"{v!r}" for v in s.top1)
         row["top5_per_seed"] = " ".join(f"{v!r}" for v in s.top5)
         row["delta_top1_ci95_low"], row["delta_top1_ci95_high"] = s.delta_top1_ci95 or (None, None)
+        for k, v in crow.get(s.model, {}).items():
+            if k != "model":
+                row[f"cost_{k}"] = v
         summary_rows.append(row)
     paths["summary_csv"] = write_csv(out / "summary.csv", _SUMMARY_COLUMNS, summary_rows)
 
@@ -596,12 +770,22 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     if result.runs:
         curves = {s.model: [r["val_top1_curve"] for r in result.runs if r["model"] == s.model] for s in result.summaries}
         finals = {s.model: dict(zip(s.seeds, s.top1)) for s in result.summaries}
-        paths["curves_png"] = plot_accuracy_curves(curves, out / "val_top1_vs_epoch.png")
-        paths["seeds_png"] = plot_final_per_seed(finals, out / "final_top1_per_seed.png")
+        seeds_text = _seeds_text(result.summaries)
+        paths["curves_png"] = plot_accuracy_curves(
+            curves, out / "val_top1_vs_epoch.png",
+            title=f"Validation top-1 per epoch, mean +- 1 std over seeds ({seeds_text})")
+        paths["seeds_png"] = plot_final_per_seed(
+            finals, out / "final_top1_per_seed.png",
+            title=f"Final top-1 per seed (points, labelled by seed) and mean (bar); {seeds_text}")
         figures = {"curves": "val_top1_vs_epoch.png", "seeds": "final_top1_per_seed.png"}
+        pareto = _cost_plot(result, out / "cost_vs_accuracy.png", seeds_text)
+        if pareto is not None:
+            paths["cost_png"] = pareto
+            figures["cost"] = "cost_vs_accuracy.png"
 
     table = _summary_table(result.summaries, result.baseline)
-    per_run = ["| model | seed | top-1 % | top-5 % | best top-1 % | epochs | train time | images/s | run |",
+    per_run = ["| model | seed | top-1 % | top-5 % | best top-1 % | epochs | train time (log, machine load) "
+               "| images/s (log, machine load) | run |",
                "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result.runs:
         per_run.append(
@@ -613,7 +797,10 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         if s.analysis:
             analysis_lines.append(f"- **{s.model}** ([analysis]({s.analysis})): {s.conclusion}")
 
-    summary_md = ["# Comparison summary", "", *_settings_lines(result, settings), "", *table, "", _TABLE_NOTES, ""]
+    summary_md = ["# Comparison summary", "", *_settings_lines(result, settings), "", "## Ranking", "",
+                  *ranking_table(result.summaries, result.baseline, result.cost), "",
+                  _cost_notes(result.cost, result.baseline, result.models), "", "## Accuracy", "",
+                  *table, "", _TABLE_NOTES, ""]
     if analysis_lines:
         summary_md += ["## What GCT learned", "", *analysis_lines, ""]
     summary_md += ["## Per run", "", *per_run, "", "Machine-readable: `summary.csv` (per model), `runs.csv` (per run), "
@@ -621,8 +808,16 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     paths["summary_md"] = out / "summary.md"
     atomic_write_text(paths["summary_md"], "\n".join(summary_md))
 
-    report = ["# GCT comparison report", "", *_settings_lines(result, settings), "", "## Accuracy", "", *table, "",
-              _TABLE_NOTES, ""]
+    ranking = ranking_table(result.summaries, result.baseline, result.cost)
+    cost_note = _cost_notes(result.cost, result.baseline, result.models)
+    report = ["# GCT comparison report", "", *_settings_lines(result, settings), "",
+              "## Ranking: accuracy and cost side by side", "", *ranking, "", cost_note, ""]
+    if "cost" in figures:
+        report += [f"![difference to the plain model against train-time ratio]({figures['cost']})", "",
+                   "Difference to the plain model (mean over paired seeds, bar: 95% CI) against the side-by-side "
+                   "train-time ratio; the line joins the Pareto front (no other model is both cheaper and better).",
+                   ""]
+    report += ["## Accuracy", "", *table, "", _TABLE_NOTES, ""]
     if "curves" in figures:
         report += [f"![validation top-1 per epoch]({figures['curves']})", "",
                    f"![final top-1 per seed]({figures['seeds']})", ""]
@@ -647,6 +842,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         "baseline": result.baseline,
         "summaries": [s.to_dict() for s in result.summaries],
         "runs": result.runs,
+        "cost": result.cost,
     }
     paths["json"] = out / "compare.json"
     atomic_write_text(paths["json"], json.dumps(json_safe(data), indent=2) + "\n")

@@ -20,6 +20,8 @@ __all__ = [
     "finite_mean",
     "finite_std",
     "t_interval95",
+    "t_quantile975",
+    "two_sample_t_interval95",
     "format_interval",
     "plus_minus",
     "format_seconds",
@@ -50,6 +52,26 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def t_quantile975(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` >= 1 degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.960 + 2.5 / df
+
+
+def two_sample_t_interval95(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> Optional[tuple[float, float]]:
+    """95% interval of ``mean(a) - mean(b)`` (Student's t, pooled variance, df = len(a) + len(b) - 2);
+    None when that leaves no degree of freedom or a group is empty."""
+    a, b = _finite(a), _finite(b)
+    df = len(a) + len(b) - 2
+    if not a or not b or df < 1:
+        return None
+    ss = sum((x - statistics.fmean(a)) ** 2 for x in a) + sum((x - statistics.fmean(b)) ** 2 for x in b)
+    half = t_quantile975(df) * math.sqrt(ss / df) * math.sqrt(1 / len(a) + 1 / len(b))
+    m = statistics.fmean(a) - statistics.fmean(b)
+    return (m - half, m + half)
+
+
 def t_interval95(xs: Sequence[Optional[float]]) -> Optional[tuple[float, float]]:
     """95% confidence interval of the mean (Student's t, sample std); None for fewer than 2 finite values.
 
@@ -59,8 +81,7 @@ def t_interval95(xs: Sequence[Optional[float]]) -> Optional[tuple[float, float]]
     xs = _finite(xs)
     if len(xs) < 2:
         return None
-    df = len(xs) - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.960 + 2.5 / df  # within 0.002 of the exact quantile beyond 30
+    t = t_quantile975(len(xs) - 1)  # beyond 30 df within 0.002 of the exact quantile
     half = t * statistics.stdev(xs) / math.sqrt(len(xs))
     m = statistics.fmean(xs)
     return (m - half, m + half)
