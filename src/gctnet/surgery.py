@@ -152,7 +152,7 @@ def is_attention_conv(conv: nn.Module, parent: Optional[nn.Module]) -> bool:
     Such convs see pooled 1x1 inputs, where a GCT adds nothing.  Detected by the parent's class name:
     ``SqueezeExcitation`` (torchvision), ``SEModule``, ``SqueezeExcite``, ``EffectiveSEModule``,
     ``EcaModule``, ``CecaModule``, ``ChannelAttn``/``LightChannelAttn`` (timm), ``SELayer``, ``SE``.
-    Residual blocks with SE (``SEBottleneck``, ``SEBasicBlock``) do not match.
+    Residual blocks that carry attention (gctnet's ``AttnBasicBlock``/``AttnBottleneck``) do not match.
     """
     return parent is not None and bool(_ATTENTION_CLASS_RE.search(type(parent).__name__))
 
