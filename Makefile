@@ -1,5 +1,5 @@
 # gctnet: every target sets up what it needs (virtual environment, packages, dataset) by itself.
-#   make test   - create .venv, install gctnet[dev,timm,onnx], get Fashion-MNIST, run the test suite
+#   make test   - create .venv, install gctnet[dev,timm,onnx,ray], get Fashion-MNIST, run the test suite
 #   make demo   - the main job: compare plain / SE / GCT ResNet-20 on Fashion-MNIST, write a report
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx,ray]'
 	@# the C++ CPU kernels, compiled once (~30 s); without a compiler gctnet falls back to PyTorch ops
 	-$(BIN)/gctnet kernels --build
 	touch $(STAMP)
