@@ -1,5 +1,5 @@
 # gctnet: every target sets up what it needs (virtual environment, packages, dataset) by itself.
-#   make test   - create .venv, install gctnet[dev,timm,onnx], get Fashion-MNIST, run the test suite
+#   make test   - create .venv, install gctnet[dev,timm,onnx,ray], get Fashion-MNIST, run the test suite
 #   make demo   - the main job: compare plain / SE / GCT ResNet-20 on Fashion-MNIST, write a report
 PYTHON ?= python3
 VENV   ?= .venv

@@ -46,6 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cost-repeats", type=int, default=10, metavar="N",
         help="interleaved repetitions of the side-by-side cost measurement at the end (default 10; 0 skips it)",
     )
+    launch = parser.add_argument_group("where the runs execute (results are the same: bit-identical with --deterministic)")
+    launch.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="N runs at once on this machine, each in its own process with cores/N CPU threads "
+        "(or its own GPU where several exist); Ctrl-C stops them all, a rerun resumes them (default 1)",
+    )
+    launch.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run every (model, seed) as a Ray task: on the cluster at ADDRESS ('auto': the existing one), "
+        "or on a local cluster started for the call when no ADDRESS is given; --out must be storage every "
+        "node sees (pip install 'gctnet[ray]')",
+    )
+    launch.add_argument("--cpus-per-run", type=float, default=1, metavar="N", help="Ray: CPUs each run asks for (default 1)")
+    launch.add_argument("--gpus-per-run", type=float, default=0, metavar="N",
+                        help="Ray: GPUs each run asks for (default 0; several: DDP inside the task)")
+    launch.add_argument("--max-retries", type=int, default=2, metavar="N",
+                        help="Ray: retries of a run whose task failed or whose worker died (default 2)")
     add_config_arguments(parser, exclude=PER_RUN, group=_TRAIN_GROUP, show_defaults=False)
 
 
@@ -56,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     seeds = compare.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.analysis_images < 1:
         raise UsageError(f"--analysis-images must be >= 1, got {args.analysis_images}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.ray is not None and args.jobs != 1:
+        raise UsageError("--jobs and --ray exclude each other (with Ray, the cluster decides how many runs execute at once)")
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0 or args.max_retries < 0:
+        raise UsageError("--cpus-per-run must be > 0, --gpus-per-run and --max-retries >= 0")
     options = config_options(args, exclude=PER_RUN)
     return run_experiment("compare", lambda: compare.run(
         models,
@@ -67,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         analyze=not args.no_analyze,
         analysis_images=args.analysis_images,
         cost_repeats=args.cost_repeats,
+        jobs=args.jobs,
+        ray=args.ray,
+        ray_options={"cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+                     "max_retries": args.max_retries} if args.ray is not None else None,
     ), lambda result: f"report: {result.report}")
 
 

@@ -38,7 +38,7 @@ import torch
 from ..errors import CompareError
 from ..fileio import FolderLock, atomic_write_text
 from ..train import TrainConfig
-from . import runner
+from . import launchers, runner
 from .runner import PER_RUN, config_fields, read_json, read_metrics
 from .stats import (
     describe_options,
@@ -397,6 +397,9 @@ def run(
     analysis_images: int = 256,
     cost_repeats: int = 10,
     log: Optional[Callable[[str], None]] = print,
+    jobs: int = 1,
+    ray: Optional[str] = None,
+    ray_options: Optional[Mapping[str, Any]] = None,
 ) -> CompareResult:
     """Train every (model, seed) with the same options, skip finished runs, write tables, plots, report.
 
@@ -413,6 +416,11 @@ def run(
         cost_repeats: interleaved repetitions of the side-by-side cost measurement at the end
             (:mod:`gctnet.experiments.cost`, ``cost.json``); 0 skips it (no cost columns).
         log: where progress lines go (``None``: silent).
+        jobs: runs at once on this machine, each in its own process with its share of the CPU threads
+            (or its own GPU where several exist); see :mod:`gctnet.experiments.launchers`.
+        ray: run every (model, seed) as a Ray task on the cluster at this address (``"auto"``: an
+            existing cluster; ``""``: a local one started for the call); ``None``: no Ray.
+        ray_options: for Ray: ``cpus_per_run``, ``gpus_per_run``, ``max_retries``.
     """
     if preset not in PRESETS:
         raise CompareError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -435,14 +443,15 @@ def run(
         options["subset"] = None
     out = Path(out)
     with FolderLock(out, "comparison folder"):  # one compare per folder at a time; created if needed
-        result = _compare(out, model_list, seed_list, base, options, user, p, analyze, analysis_images, say,
-                          cost_repeats)
-    return result
+        launcher = launchers.make_launcher(jobs, ray, log_dir=out / "jobs", out=out, **(ray_options or {}))
+        return _compare(out, model_list, seed_list, base, options, user, p, analyze, analysis_images, say,
+                        cost_repeats, launcher=launcher)
 
 
 def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, options: dict[str, Any],
              user: dict[str, Any], preset: Preset, analyze: bool, analysis_images: int,
-             say: Callable[[str], None], cost_repeats: int = 10) -> CompareResult:
+             say: Callable[[str], None], cost_repeats: int = 10,
+             launcher: Optional[launchers.Launcher] = None) -> CompareResult:
     def intended(model: str, seed: int) -> TrainConfig:
         return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
 
@@ -459,25 +468,14 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
         f"({len(jobs) - todo} already finished), preset {preset.name}, options {describe_options(options)}; output {out}"
     )
     started = time.perf_counter()
-    durations: list[float] = []
-    trained = 0
+    planned = [launchers.PlannedRun(m, s, c, status[c.out], i, len(jobs))
+               for i, (m, s, c) in enumerate(jobs, start=1) if status[c.out] != "done"]
     for i, (model, seed, config) in enumerate(jobs, start=1):
-        st = status[config.out]
-        if st == "done":
+        if status[config.out] == "done":
             say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
-            continue
-        remaining = todo - trained
-        eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
-        what = {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(st, "training")
-        say(f"run {i}/{len(jobs)}: {model} seed {seed} ({what}), {remaining} to go, {eta}")
-        t0 = time.perf_counter()
-        try:
-            runner.ensure_run(config, st)
-        except KeyboardInterrupt:
-            say(f"compare: interrupted during {model} seed {seed}; calling compare again continues it")
-            raise
-        durations.append(time.perf_counter() - t0)
-        trained += 1
+    launched = (launcher or launchers.Sequential()).launch(planned, say) if planned else launchers.LaunchResult()
+    trained = launched.trained
+    launched.raise_failures()
 
     runs, summaries = summarize(out, model_list, base)
     result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)

@@ -1,0 +1,283 @@
+"""Launchers: how the planned (model, seed) runs of an experiment are executed.
+
+Every launcher executes the same planned runs with the one runner (:func:`gctnet.experiments.runner.ensure_run`),
+so a run gives the same result whichever launcher made it (bit-identical weights in deterministic mode):
+
+* :class:`Sequential` - one run after the other in this process (the default, ``--jobs 1``);
+* :class:`Jobs` - ``N`` runs at once on this machine (``--jobs N``), each in its own process with
+  ``max(1, cores // N)`` CPU threads (or its own GPU where several exist);
+* :class:`RayLauncher` - every run is a Ray task on a cluster (``--ray [ADDRESS]``), see
+  :mod:`gctnet.experiments.ray_launcher`.
+
+A launcher gets the runs still to do (:class:`PlannedRun`: model, seed, config, folder status) and
+returns a :class:`LaunchResult`.  Run folders are locked by the training engine
+(:class:`gctnet.fileio.FolderLock`), so two launchers can never write one run at the same time.  A run
+that fails does not stop the others (``--jobs``, Ray); the failures are raised together at the end as a
+:class:`gctnet.errors.RunError` naming each run and its log.  Ctrl-C stops every running job at its next
+step boundary (each saves ``last.pt``) and raises :class:`gctnet.errors.TrainingInterrupted`; calling the
+experiment again resumes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import RunError, TrainingInterrupted
+from ..train import TrainConfig
+from . import runner
+from .stats import finite_mean, format_seconds
+
+__all__ = ["PlannedRun", "LaunchResult", "Launcher", "Sequential", "Jobs", "make_launcher", "cores"]
+
+Say = Callable[[str], None]
+
+#: exit code of a job process stopped by a signal after saving its progress
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of an experiment: what to train and the status of its folder (see :func:`runner.run_status`)."""
+
+    model: str
+    seed: int
+    config: TrainConfig
+    status: str
+    index: int = 0  # position among all the experiment's runs (1-based; 0: unknown), for progress lines
+    total: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} seed {self.seed}"
+
+
+@dataclass
+class LaunchResult:
+    """What a launcher did: runs trained (or resumed) and the failures (run name -> why)."""
+
+    trained: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def raise_failures(self) -> None:
+        if self.failures:
+            lines = "; ".join(f"{name}: {why}" for name, why in self.failures.items())
+            raise RunError(f"{len(self.failures)} run(s) failed (the others finished): {lines}")
+
+
+class Launcher:
+    """Executes planned runs; subclasses implement :meth:`launch`."""
+
+    def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _what(status: str) -> str:
+    return {"resume": "resuming", "restart": "training again: the previous attempt left no usable result"}.get(
+        status, "training")
+
+
+class Sequential(Launcher):
+    """One run after the other, in this process (the first failure stops the experiment)."""
+
+    def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
+        result = LaunchResult()
+        durations: list[float] = []
+        for i, run in enumerate(runs, start=1):
+            remaining = len(runs) - result.trained
+            eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
+            where = f"{run.index}/{run.total}" if run.index else f"{i}/{len(runs)}"
+            say(f"run {where}: {run.name} ({_what(run.status)}), {remaining} to go, {eta}")
+            t0 = time.perf_counter()
+            try:
+                runner.ensure_run(run.config, run.status)
+            except KeyboardInterrupt:
+                say(f"compare: interrupted during {run.name}; calling compare again continues it")
+                raise
+            durations.append(time.perf_counter() - t0)
+            result.trained += 1
+        return result
+
+
+# --------------------------------------------------------------------------------------------------
+# --jobs N: one process per run, N at a time
+# --------------------------------------------------------------------------------------------------
+def _epochs_done(path: Path) -> int:
+    try:
+        with open(path / "metrics.csv") as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)
+    except OSError:
+        return 0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"
+
+
+@dataclass
+class _Job:
+    run: PlannedRun
+    proc: subprocess.Popen
+    log: Path
+    started: float
+    epochs: int = 0
+    gpu: Optional[int] = None
+
+
+class Jobs(Launcher):
+    """``jobs`` runs at once, each in its own process (``python -m gctnet.experiments._job``).
+
+    Each job gets ``max(1, cores // jobs)`` torch threads unless the options set ``threads``, and, where
+    several GPUs exist and the runs use CUDA (device ``auto`` or ``cuda``), a GPU of its own
+    (``CUDA_VISIBLE_DEVICES``).  Job processes run in their own session, so Ctrl-C reaches this process
+    only; it forwards one SIGTERM to every job, which saves ``last.pt`` and stops.  A job's output goes to
+    ``log_dir/<model>-seed<k>.log`` (the run's own ``log.txt`` has the training log too).
+    """
+
+    def __init__(self, jobs: int, log_dir: Path, poll: float = 0.5, stop_timeout: float = 120.0) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+        self.log_dir = Path(log_dir)
+        self.poll = poll
+        self.stop_timeout = stop_timeout
+
+    def threads(self, config: TrainConfig) -> int:
+        return config.threads if config.threads is not None else max(1, cores() // self.jobs)
+
+    def _gpus(self, config: TrainConfig) -> int:
+        if config.device not in ("auto", "cuda"):
+            return 0
+        try:
+            import torch
+
+            return torch.cuda.device_count()
+        except Exception:  # pragma: no cover
+            return 0
+
+    def _start(self, run: PlannedRun, free_gpus: list[int]) -> _Job:
+        import gctnet
+
+        config = dataclasses.replace(run.config, threads=self.threads(run.config), quiet=True)
+        env = dict(os.environ)
+        src = str(Path(gctnet.__file__).resolve().parents[1])  # the job imports this very gctnet
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["OMP_NUM_THREADS"] = str(config.threads)
+        gpu = None
+        if free_gpus and self._gpus(run.config) > 1:
+            gpu = free_gpus.pop(0)
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{run.model}-seed{run.seed}.log"
+        payload = json.dumps({"config": config.to_dict(), "status": run.status})
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "gctnet.experiments._job", payload], stdout=fh,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        return _Job(run, proc, log, time.perf_counter(), gpu=gpu)
+
+    def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
+        result = LaunchResult()
+        queue = list(runs)
+        running: list[_Job] = []
+        durations: list[float] = []
+        free_gpus = list(range(self._gpus(runs[0].config))) if runs else []
+        total = len(runs)
+        threads = self.threads(runs[0].config) if runs else 1
+        say(f"launcher: {min(self.jobs, total)} job(s) at once, {threads} CPU thread(s) each; job output in {self.log_dir}")
+
+        def counts() -> str:
+            done = result.trained + len(result.failures)
+            eta = ""
+            if durations and (queue or running):
+                left = len(queue) + len(running)
+                eta = f", ETA {format_seconds(finite_mean(durations) * left / max(1, min(self.jobs, left)))}"
+            return f"[{done}/{total} done, {len(running)} running, {len(queue)} queued{eta}]"
+
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    job = self._start(queue.pop(0), free_gpus)
+                    running.append(job)
+                    gpu = f" on GPU {job.gpu}" if job.gpu is not None else ""
+                    say(f"{counts()} {job.run.name}: started ({_what(job.run.status)}){gpu}")
+                time.sleep(self.poll)
+                for job in list(running):
+                    epochs = _epochs_done(Path(job.run.config.out))
+                    if epochs > job.epochs:
+                        job.epochs = epochs
+                        say(f"{counts()} {job.run.name}: epoch {epochs}/{job.run.config.epochs} done")
+                    code = job.proc.poll()
+                    if code is None:
+                        continue
+                    running.remove(job)
+                    if job.gpu is not None:
+                        free_gpus.append(job.gpu)
+                    if code == 0:
+                        result.trained += 1
+                        durations.append(time.perf_counter() - job.started)
+                        say(f"{counts()} {job.run.name}: finished in {format_seconds(durations[-1])}")
+                    else:
+                        result.failures[job.run.name] = f"{_last_line(job.log)} (exit code {code}; log: {job.log})"
+                        say(f"{counts()} {job.run.name}: FAILED: {result.failures[job.run.name]}")
+        except KeyboardInterrupt:
+            self._stop(running, say)
+            raise TrainingInterrupted(
+                f"interrupted: {len(running)} running run(s) saved their progress, {len(queue)} not started",
+                signal.SIGINT, str(Path(running[0].run.config.out)) if running else None) from None
+        return result
+
+    def _stop(self, running: list[_Job], say: Say) -> None:
+        say(f"launcher: stopping {len(running)} running job(s) (each saves last.pt)...")
+        for job in running:
+            if job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for job in running:
+            while job.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    job.proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+                except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+                    deadline = 0.0
+            if job.proc.poll() is None:
+                job.proc.kill()
+                job.proc.wait()
+            say(f"launcher: {job.run.name} stopped ({_last_line(job.log)})")
+
+
+def make_launcher(jobs: int = 1, ray: Optional[str] = None, *, log_dir: Optional[Path] = None,
+                  **ray_options: Any) -> Launcher:
+    """The launcher for ``--jobs`` / ``--ray`` (``ray``: an address, ``"auto"``, or ``""`` for a local
+    cluster started for the call; None: no Ray)."""
+    if ray is not None:
+        from .ray_launcher import RayLauncher
+
+        return RayLauncher(ray or None, **ray_options)
+    if jobs < 1:
+        raise RunError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        return Sequential()
+    return Jobs(jobs, log_dir or Path("jobs"))
