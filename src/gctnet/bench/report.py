@@ -608,7 +608,7 @@ def _suite_markdown(info, passes, memory, targets, command, seconds) -> str:
         "",
         machine_markdown(info),
         "",
-        "## Targets (issue 7)",
+        "## Targets (issues 7 and 16)",
         "",
         markdown_table(
             ["target", "limit", "measured", "met"],
