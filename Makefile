@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,onnx,ray]'
 	@# the C++ CPU kernels, compiled once (~30 s); without a compiler gctnet falls back to PyTorch ops
 	-$(BIN)/gctnet kernels --build
 	touch $(STAMP)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import SettingsError, TrainingInterrupted
+from ..errors import RunError, SettingsError, TrainingInterrupted
 from .launchers import Launcher, LaunchResult, PlannedRun, Say
 from .stats import finite_mean, format_seconds
 
@@ -38,11 +38,37 @@ __all__ = ["RayLauncher", "PROBE_PREFIX"]
 PROBE_PREFIX = ".gctnet-ray-probe-"
 
 
-def _import_ray() -> Any:
+#: Ray's switch that, set to 0, keeps a Linux cluster on 127.0.0.1 (otherwise Ray swaps 127.0.0.1 for
+#: the machine's network address and its processes listen on every interface)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def is_loopback(address: Optional[str]) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``) names this machine's loopback interface."""
+    if not address:
+        return False
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _import_ray(address: Optional[str]) -> Any:
+    """Ray, kept on loopback for a local cluster started for the call (``address`` None or "") or a loopback
+    address, unless the caller set :data:`LOOPBACK_ENV` otherwise.
+
+    Ray reads the switch once, at import: it is set in the environment before the first import (the
+    cluster processes a local ``ray.init`` starts inherit it) and, when Ray was imported earlier, also
+    in Ray's constant that holds it.
+    """
+    loopback = not address or is_loopback(address)
+    if loopback:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise SettingsError("--ray needs Ray: pip install 'gctnet[ray]'") from None
+    if loopback and os.environ[LOOPBACK_ENV] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
@@ -67,8 +93,20 @@ def _probe(path: str, token: str) -> tuple[str, bool]:
         return _node(), False
 
 
+class TaskFailed(RunError):
+    """A run's task raised on a worker: the error's first line and the node it ran on."""
+
+
 def _train_task(payload: str, gpus: int) -> dict[str, Any]:
-    """On a worker: ensure one run exists (train, resume or finish it); returns where it ran and how long."""
+    """On a worker: ensure one run exists (train, resume or finish it); returns where it ran and how long.
+    An error comes back as :class:`TaskFailed` naming the node."""
+    try:
+        return _train(payload, gpus)
+    except Exception as exc:
+        raise TaskFailed(f"{_first_line(exc)} (node {_node()})") from None
+
+
+def _train(payload: str, gpus: int) -> dict[str, Any]:
     from ..train import TrainConfig
     from .runner import ensure_run
 
@@ -118,10 +156,13 @@ class RayLauncher(Launcher):
 
         src = str(Path(gctnet.__file__).resolve().parents[1])
         if self.address:
-            ray.init(address=self.address, logging_level="WARNING", log_to_driver=False)
+            try:
+                ray.init(address=self.address, logging_level="WARNING", log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise SettingsError(_connect_error(self.address, exc)) from None
         else:
             env = {"PYTHONPATH": src + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING",
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING",
                      log_to_driver=False, runtime_env={"env_vars": env})
         res = ray.cluster_resources()
         say(f"ray: {'connected to ' + self.address if self.address else 'started a local cluster'}: "
@@ -149,7 +190,7 @@ class RayLauncher(Launcher):
 
     # ---------------------------------------------------------------------------------------- launch
     def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
-        ray = _import_ray()
+        ray = _import_ray(self.address)
         connected_here = self._connect(ray, say)
         try:
             self._check_shared_storage(ray)
@@ -240,11 +281,29 @@ def _status(run: PlannedRun) -> str:
     return run_status(Path(run.config.out))
 
 
+def _connect_error(address: str, exc: BaseException) -> str:
+    """One line for a failed ``ray.init(address)``: why, and what to check."""
+    chain, inner = [str(exc)], exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+        chain.append(str(inner))
+    if any("InvalidAuthToken" in text or "AuthenticationError" in text for text in chain):
+        return (f"cannot connect to the Ray cluster at {address}: it uses token authentication and this process "
+                "has no valid token; set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
+                "RAY_AUTH_TOKEN_PATH) here too (docs/compare.md)")
+    return f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}; is it running there ('ray status')?"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def _why(exc: BaseException) -> str:
-    """One line: the error a task raised (with its node) or why its worker died."""
+    """One line: the error a task raised (with its node) or why its worker or node died."""
     cause = getattr(exc, "cause", None)
-    text = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(exc).__name__}: {exc}"
+    if isinstance(cause, TaskFailed):
+        return str(cause)
+    line = _first_line(cause if cause is not None else exc)
     node = getattr(exc, "ip", None)
-    lines = [ln for ln in str(text).splitlines() if ln.strip()]
-    line = lines[0] if lines else type(exc).__name__
     return f"{line} (node {node})" if node else line
