@@ -102,7 +102,8 @@ class LoopbackWatch:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """``ray start --head`` on 127.0.0.1 with 2 CPUs (its own session, ended by killing that session)."""
+    """``ray start --head`` on 127.0.0.1 with 2 CPUs and 2 declared GPUs (for the torchrun-in-a-task path,
+    run on CPU) (its own session, ended by killing that session)."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
@@ -110,7 +111,7 @@ def cluster(tmp_path_factory):
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+         "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
     address = f"127.0.0.1:{port}"
     try:
@@ -246,3 +247,14 @@ def test_a_client_without_the_token_gets_a_one_line_error(cluster, tmp_path):
     assert last.startswith(f"gctnet compare: error: cannot connect to the Ray cluster at {address}: ") and \
         "RAY_AUTH_TOKEN" in last, proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_several_gpus_per_run_train_one_run_with_ddp_inside_the_task(cluster, tmp_path):
+    # the cluster declares 2 GPUs it does not have: the task gets them and starts torchrun with 2
+    # processes, which train on the CPU here (gloo) as they would on the GPUs of a real node
+    address, _ = cluster
+    result = compare.run(MODELS[:1], "0,", tmp_path, train_options={**OPTIONS, "device": "cpu"}, log=None,
+                         analyze=False, ray=address, ray_options={"cpus_per_run": 1, "gpus_per_run": 2}, cost_repeats=0)
+    assert result.trained == 1
+    summary = json.loads((compare.run_dir(tmp_path, "resnet20", 0) / "summary.json").read_text())
+    assert summary["finished"] and summary["world_size"] == 2
