@@ -258,3 +258,50 @@ def test_several_gpus_per_run_train_one_run_with_ddp_inside_the_task(cluster, tm
     assert result.trained == 1
     summary = json.loads((compare.run_dir(tmp_path, "resnet20", 0) / "summary.json").read_text())
     assert summary["finished"] and summary["world_size"] == 2
+
+
+def _task_pids(name: str) -> list[int]:
+    """Processes whose title is Ray's for the running task ``name`` (``ray::<task name>``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith(f"ray::{name}"):
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_worker_that_dies_is_retried_and_the_run_resumes(cluster, tmp_path):
+    address, _ = cluster
+    out = tmp_path / "cmp"
+    run = compare.run_dir(out, "resnet20", 0)
+    lines: list[str] = []
+    options = {**OPTIONS, "epochs": 30, "subset": 256}
+    killed: list[int] = []
+
+    def kill_the_worker() -> None:  # once the first epoch is written, SIGKILL the task's worker process
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            metrics = run / "metrics.csv"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                for pid in _task_pids("gctnet resnet20 seed 0"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    result = compare.run(["resnet20"], "0,", out, train_options=options, log=lines.append, analyze=False,
+                         ray=address, ray_options={"cpus_per_run": 1, "max_retries": 1}, cost_repeats=0)
+    killer.join()
+    assert killed, "the task's worker process was not found"
+    assert result.trained == 1
+    failed = [line for line in lines if "resnet20 seed 0: attempt 1 failed" in line]
+    assert failed and "retrying" in failed[0] and "WorkerCrashedError" in failed[0], lines
+    assert "(node " in failed[0] and "127.0.0.1" in failed[0], failed  # from the task's OUT/jobs/*.ray.log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["epochs"] == 30
+    assert "resum" in (run / "log.txt").read_text()  # the retry continued from the last checkpoint

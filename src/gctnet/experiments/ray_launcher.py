@@ -97,10 +97,19 @@ class TaskFailed(RunError):
     """A run's task raised on a worker: the error's first line and the node it ran on."""
 
 
-def _train_task(payload: str, gpus: int) -> dict[str, Any]:
+def _train_task(payload: str, gpus: int, node_log: str) -> dict[str, Any]:
     """On a worker: ensure one run exists (train, resume or finish it); returns where it ran and how long.
-    An error comes back as :class:`TaskFailed` naming the node."""
+
+    It first appends its node to ``node_log`` (``OUT/jobs/<model>-seed<k>.ray.log``): the caller reads it
+    to count running tasks and to name the node of a worker that died.  An error comes back as
+    :class:`TaskFailed` naming the node.
+    """
     try:
+        log = Path(node_log)
+        if log.parent.parent.is_dir():
+            log.parent.mkdir(exist_ok=True)
+            with open(log, "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} started on {_node()}\n")
         return _train(payload, gpus)
     except Exception as exc:
         raise TaskFailed(f"{_first_line(exc)} (node {_node()})") from None
@@ -205,7 +214,21 @@ class RayLauncher(Launcher):
         payload = json.dumps({"config": config.to_dict(), "status": run.status})
         task = ray.remote(_train_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
                                                name=f"gctnet {run.name}")
-        return task.remote(payload, int(self.gpus) if self.gpus >= 1 else 0)
+        return task.remote(payload, int(self.gpus) if self.gpus >= 1 else 0, str(self._node_log(run)))
+
+    def _node_log(self, run: PlannedRun) -> Path:
+        return self.out.resolve() / "jobs" / f"{run.model}-seed{run.seed}.ray.log"
+
+    def _started_on(self, run: PlannedRun, submitted: float) -> Optional[str]:
+        """The node the task submitted at ``submitted`` started on (None: not started yet)."""
+        log = self._node_log(run)
+        try:
+            if log.stat().st_mtime < submitted - 1:
+                return None
+            lines = log.read_text().splitlines()
+        except OSError:
+            return None
+        return lines[-1].partition(" started on ")[2] or None if lines else None
 
     def _launch(self, ray: Any, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
         result = LaunchResult()
@@ -216,7 +239,7 @@ class RayLauncher(Launcher):
         total = len(runs)
 
         def counts() -> str:
-            running = sum(1 for run, _, t in pending.values() if _started_since(run, t))
+            running = sum(1 for run, _, t in pending.values() if self._started_on(run, t))
             done = result.trained + len(result.failures)
             eta = ""
             if durations and pending:
@@ -230,11 +253,14 @@ class RayLauncher(Launcher):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll)
                 for ref in ready:
-                    run, attempt, _ = pending.pop(ref)
+                    run, attempt, submitted = pending.pop(ref)
                     try:
                         info = ray.get(ref)
                     except Exception as exc:  # the task raised, or its worker / node died
                         why = _why(exc)
+                        node = self._started_on(run, submitted)
+                        if node and "(node " not in why:
+                            why = f"{why} (node {node})"
                         if attempt < self.max_retries:
                             say(f"{counts()} {run.name}: attempt {attempt + 1} failed ({why}); retrying "
                                 f"({self.max_retries - attempt} retr{'y' if self.max_retries - attempt == 1 else 'ies'} left)")
@@ -265,14 +291,6 @@ class RayLauncher(Launcher):
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
-
-
-def _started_since(run: PlannedRun, submitted: float) -> bool:
-    """A task is running once the engine has written its run's log (heuristic that needs no Ray state API)."""
-    try:
-        return (Path(run.config.out) / "log.txt").stat().st_mtime >= submitted - 1
-    except OSError:
-        return False
 
 
 def _status(run: PlannedRun) -> str:
