@@ -129,7 +129,7 @@ def cluster(tmp_path_factory):
             ray.shutdown()
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=10)
+            head.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
@@ -237,7 +237,7 @@ def test_ctrl_c_cancels_the_tasks_and_a_rerun_resumes(cluster, tmp_path):
 
 def test_a_client_without_the_token_gets_a_one_line_error(cluster, tmp_path):
     address, _ = cluster
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_NUM_REDIS_GET_RETRIES": "2"}  # Ray's ~20 s of retries
     env.pop("RAY_AUTH_TOKEN")
     proc = subprocess.run([sys.executable, "-m", "gctnet", "compare", "--models", "resnet20", "--seeds", "0,",
                            "--out", str(tmp_path), "--ray", address, "--epochs", "1", "--subset", "64"],
