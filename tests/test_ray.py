@@ -122,7 +122,13 @@ def cluster(tmp_path_factory):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.5)
-        time.sleep(3)  # the raylet joins after the GCS
+        while time.monotonic() < deadline:  # the raylet (node manager, object manager) comes up after the GCS
+            if len(_sockets(_session_pids(head.pid), listening=True)) >= 3:
+                break
+            assert head.poll() is None, head.communicate()[0]
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Ray head did not open its ports within 120 s: {_sockets(_session_pids(head.pid), True)}")
         yield address, head.pid
     finally:
         if ray.is_initialized():
