@@ -30,6 +30,14 @@ os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'gctnet[ray]'); make test installs it")
 pytestmark = [requires_fashion_mnist, pytest.mark.timeout(600)]
 
+#: Ray's own HTTP calls sent to a closed loopback port (discard, 9).  Even with usage stats off, Ray 2.60's
+#: dashboard process asks the cloud metadata address 169.254.169.254 once at start, and a `ray start`
+#: cluster tells usage-stats.ray.io that usage stats are off; gRPC between Ray's processes bypasses the
+#: proxy (no_proxy).  docs/compare.md gives the same variables for a cluster that must stay on the machine.
+OFFLINE = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+           **{k: "http://127.0.0.1:9" for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")},
+           **{k: "127.0.0.1,localhost" for k in ("no_proxy", "NO_PROXY")}}
+
 SRC = str(Path(compare.__file__).resolve().parents[1])
 MODELS = ["resnet20", "gct_resnet20"]
 OPTIONS = {"epochs": 1, "subset": 128, "val_subset": 128, "batch_size": 64, "model_kwargs": {"width": 0.5},
@@ -106,7 +114,7 @@ def cluster(tmp_path_factory):
     run on CPU) (its own session, ended by killing that session)."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, **OFFLINE, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
@@ -199,8 +207,10 @@ def test_a_run_that_keeps_failing_is_retried_and_reported(cluster, tmp_path):
     assert (compare.run_dir(out, "resnet20", 0) / "summary.json").is_file()  # the other run finished
 
 
-def test_a_local_cluster_started_for_the_call_stays_on_loopback(tmp_path):
+def test_a_local_cluster_started_for_the_call_stays_on_loopback(tmp_path, monkeypatch):
     # no address: the launcher starts a cluster of its own (never the fixture's) and stops it afterwards
+    for key, value in OFFLINE.items():  # inherited by the cluster processes ray.init starts
+        monkeypatch.setenv(key, value)
     lines: list[str] = []
     with LoopbackWatch(os.getsid(0)) as watch:  # this process and the cluster processes it starts
         result = compare.run(MODELS[:1], "0,", tmp_path, train_options=OPTIONS, log=lines.append, analyze=False,
