@@ -332,7 +332,8 @@ def test_ctrl_c_in_the_first_epoch_then_the_same_command(tmp_path, monkeypatch, 
             "128", "--val-subset", "64", "--batch-size", "64", "--model-kwargs", "width=0.5", "--quiet", "--no-analyze"]
     assert main(argv) == 130
     err = capsys.readouterr().err
-    assert "saved its progress. Run the same gctnet compare command again to continue." in err
+    assert "SIGINT received: saved " in err and "last.pt at epoch 1" in err, err
+    assert "Run the same gctnet compare command again to continue." in err and "--resume" not in err, err
     assert torch.load(tmp_path / "runs" / "resnet20" / "seed0" / "last.pt", weights_only=True)["epoch"] == 0
     assert main(argv) == 0
     assert read_csv(tmp_path / "runs.csv")[0]["epochs"] == "1"

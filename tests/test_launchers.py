@@ -1,5 +1,6 @@
 """gctnet compare --jobs N: the same weights as one run at a time (deterministic mode), progress lines,
-a failing run that does not stop the others, Ctrl-C that leaves resumable run folders."""
+a failing run that does not stop the others, Ctrl-C or kill that leaves resumable run folders, a job stopped
+from outside that stops the launching."""
 
 from __future__ import annotations
 
@@ -68,39 +69,71 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path):
     assert (compare.run_dir(out, "resnet20", 0) / "summary.json").is_file()
 
 
-def test_ctrl_c_stops_every_job_and_a_rerun_finishes_them(tmp_path):
-    out = tmp_path / "cmp"
-    argv = [sys.executable, "-m", "gctnet", "compare", "--models", ",".join(MODELS), "--seeds", "0,", "--out", str(out),
+def compare_argv(out: Path, seeds: str = "0,") -> list[str]:
+    return [sys.executable, "-m", "gctnet", "compare", "--models", ",".join(MODELS), "--seeds", seeds, "--out", str(out),
             "--epochs", "2", "--subset", "2048", "--val-subset", "128", "--batch-size", "32", "--model-kwargs",
             "width=0.5", "--workers", "0", "--quiet", "--deterministic", "--no-analyze", "--jobs", "2"]
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    logs = [compare.run_dir(out, m, 0) / "log.txt" for m in MODELS]
+
+
+ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def wait_until_training(proc: subprocess.Popen, out: Path, runs: list[tuple[str, int]]) -> None:
+    logs = [compare.run_dir(out, m, seed) / "log.txt" for m, seed in runs]
     deadline = time.monotonic() + 90
     while not all(p.is_file() for p in logs) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
-    time.sleep(1.0)  # both jobs are training
-    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the jobs are training
+
+
+def job_pids(parent: int) -> dict[tuple[str, int], int]:
+    """The --jobs processes of ``parent``, by (model, seed), read from their command lines."""
+    pids = {}
+    for pid in map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()):
+        payload = json.loads(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[3])
+        pids[payload["config"]["model"], payload["config"]["seed"]] = pid
+    return pids
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_stops_every_job_and_a_rerun_finishes_them(tmp_path, signum):
+    out = tmp_path / "cmp"
+    argv = compare_argv(out)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    wait_until_training(proc, out, [(m, 0) for m in MODELS])
+    proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + signum, output
     assert "stopping 2 running job(s)" in output and "Run the same gctnet compare command again" in output
     from gctnet.experiments.runner import run_status
 
     assert [run_status(compare.run_dir(out, m, 0)) for m in MODELS] == ["resume", "resume"], output
     assert not list(out.glob("runs/*/seed0/summary.json"))
-    rerun = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    if signum == signal.SIGTERM:
+        return  # the rerun is the same for both
+    rerun = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, timeout=300)
     assert rerun.returncode == 0, rerun.stdout
     assert rerun.stdout.count("started (resuming)") == 2, rerun.stdout
     for m in MODELS:
         assert json.loads((compare.run_dir(out, m, 0) / "summary.json").read_text())["finished"]
 
 
-def test_launcher_choice_and_bad_jobs():
-    assert isinstance(launchers.make_launcher(1), launchers.Sequential)
-    assert isinstance(launchers.make_launcher(3, log_dir=Path("x")), launchers.Jobs)
-    from gctnet.cli import main
+def test_a_job_stopped_from_outside_starts_no_further_run(tmp_path):
+    """SIGTERM to one job (a shutdown, a user freeing the machine): its run saves its progress and is not a
+    failure, the queued runs do not start, the other running job finishes, and the experiment ends interrupted."""
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen(compare_argv(out, "0,1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+    wait_until_training(proc, out, [("resnet20", 0), ("resnet20", 1)])  # runs go model by model
+    os.kill(job_pids(proc.pid)["resnet20", 1], signal.SIGTERM)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "resnet20 seed 1: stopped by a signal from outside (interrupted: SIGTERM received" in output, output
+    assert "starting no further run (2 not started)" in output and "FAILED" not in output, output
+    assert "resnet20 seed 1 stopped by a signal from outside after saving its progress; 2 run(s) not started" in output
+    from gctnet.experiments.runner import run_status
 
-    with pytest.raises(SystemExit) as exc:
-        main(["compare", "--jobs", "0", "--out", "unused"])
-    assert exc.value.code == 2
+    assert run_status(compare.run_dir(out, "resnet20", 1)) == "resume", output
+    assert json.loads((compare.run_dir(out, "resnet20", 0) / "summary.json").read_text())["finished"], output
+    assert not compare.run_dir(out, "gct_resnet20", 0).exists() and not compare.run_dir(out, "gct_resnet20", 1).exists()

@@ -100,14 +100,16 @@ def run(args: argparse.Namespace) -> int:
 def run_experiment(command: str, call: Callable[[], Any], report: Callable[[Any], str]) -> int:
     """Run an experiment for ``gctnet COMMAND``, print ``report(result)`` and return 0.
 
-    An interruption keeps the engine's message but says to run the same command again (it resumes).
+    An interruption keeps the engine's or launcher's message (what was saved, what did not start) but, in
+    place of the engine's ``gctnet train --resume``, says to run the same command again (it resumes).
     """
     from ..train import TrainingInterrupted
 
     try:
         result = call()
     except TrainingInterrupted as exc:
-        raise TrainingInterrupted(f"interrupted; {exc.run_dir} saved its progress. Run the same gctnet {command} "
-                                  "command again to continue.", exc.signum, exc.run_dir) from None
+        what = str(exc).split(". Continue with:")[0]
+        raise TrainingInterrupted(f"{what}. Run the same gctnet {command} command again to continue.", exc.signum,
+                                  exc.run_dir) from None
     print(report(result))
     return 0

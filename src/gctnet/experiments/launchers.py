@@ -15,7 +15,10 @@ returns a :class:`LaunchResult`.  Run folders are locked by the training engine
 that fails does not stop the others (``--jobs``, Ray); the failures are raised together at the end as a
 :class:`gctnet.errors.RunError` naming each run and its log.  Ctrl-C stops every running job at its next
 step boundary (each saves ``last.pt``) and raises :class:`gctnet.errors.TrainingInterrupted`; calling the
-experiment again resumes them.
+experiment again resumes them.  With ``--jobs``, SIGTERM or SIGHUP to the experiment's process does the same
+(the jobs run in sessions of their own, so they would otherwise outlive it), and a job stopped by a signal from
+outside (exit 130, its ``last.pt`` saved) is not a failure: no further run starts, the running ones finish, and
+the experiment ends interrupted, to be resumed by calling it again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +47,10 @@ Say = Callable[[str], None]
 
 #: exit code of a job process stopped by a signal after saving its progress
 EXIT_INTERRUPTED = 130
+#: exit codes of a job stopped from outside: saved its progress (130), or killed by SIGTERM/SIGINT/SIGHUP before
+#: its handlers were installed (nothing to save yet).  SIGKILL stays a failure: it is most often the OOM killer.
+STOPPED_FROM_OUTSIDE = (EXIT_INTERRUPTED,) + tuple(-getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
+                                                   if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,7 @@ class Jobs(Launcher):
         result = LaunchResult()
         queue = list(runs)
         running: list[_Job] = []
+        stopped: list[_Job] = []  # jobs stopped by a signal from outside: resumable; no further run starts
         durations: list[float] = []
         free_gpus = list(range(self._gpus(runs[0].config))) if runs else []
         total = len(runs)
@@ -208,45 +217,63 @@ class Jobs(Launcher):
         say(f"launcher: {min(self.jobs, total)} job(s) at once, {threads} CPU thread(s) each; job output in {self.log_dir}")
 
         def counts() -> str:
-            done = result.trained + len(result.failures)
+            done = result.trained + len(result.failures) + len(stopped)
             eta = ""
             if durations and (queue or running):
                 left = len(queue) + len(running)
                 eta = f", ETA {format_seconds(finite_mean(durations) * left / max(1, min(self.jobs, left)))}"
             return f"[{done}/{total} done, {len(running)} running, {len(queue)} queued{eta}]"
 
-        try:
-            while queue or running:
-                while queue and len(running) < self.jobs:
-                    job = self._start(queue.pop(0), free_gpus)
-                    running.append(job)
-                    gpu = f" on GPU {job.gpu}" if job.gpu is not None else ""
-                    say(f"{counts()} {job.run.name}: started ({_what(job.run.status)}){gpu}")
-                time.sleep(self.poll)
-                for job in list(running):
-                    epochs = _epochs_done(Path(job.run.config.out))
-                    if epochs > job.epochs:
-                        job.epochs = epochs
-                        say(f"{counts()} {job.run.name}: epoch {epochs}/{job.run.config.epochs} done")
-                    code = job.proc.poll()
-                    if code is None:
-                        continue
-                    running.remove(job)
-                    if job.gpu is not None:
-                        free_gpus.append(job.gpu)
-                    if code == 0:
-                        result.trained += 1
-                        durations.append(time.perf_counter() - job.started)
-                        say(f"{counts()} {job.run.name}: finished in {format_seconds(durations[-1])}")
-                    else:
-                        result.failures[job.run.name] = f"{_last_line(job.log)} (exit code {code}; log: {job.log})"
-                        say(f"{counts()} {job.run.name}: FAILED: {result.failures[job.run.name]}")
-        except KeyboardInterrupt:
-            self._stop(running, say)
+        received = [signal.SIGINT]
+        with _signals_as_interrupt(received):
+            try:
+                while (queue and not stopped) or running:
+                    while queue and not stopped and len(running) < self.jobs:
+                        job = self._start(queue.pop(0), free_gpus)
+                        running.append(job)
+                        gpu = f" on GPU {job.gpu}" if job.gpu is not None else ""
+                        say(f"{counts()} {job.run.name}: started ({_what(job.run.status)}){gpu}")
+                    time.sleep(self.poll)
+                    for job in list(running):
+                        self._check(job, running, stopped, free_gpus, result, durations, counts, say, len(queue))
+            except KeyboardInterrupt:
+                self._stop(running, say)
+                raise TrainingInterrupted(
+                    f"interrupted: {len(running)} running run(s) saved their progress, {len(queue)} not started",
+                    received[-1], str(Path(running[0].run.config.out)) if running else None) from None
+        if stopped:
+            names = ", ".join(job.run.name for job in stopped)
+            failed = f"; {len(result.failures)} run(s) failed: {'; '.join(result.failures)}" if result.failures else ""
             raise TrainingInterrupted(
-                f"interrupted: {len(running)} running run(s) saved their progress, {len(queue)} not started",
-                signal.SIGINT, str(Path(running[0].run.config.out)) if running else None) from None
+                f"{names} stopped by a signal from outside after saving its progress; {len(queue)} run(s) not "
+                f"started{failed}", signal.SIGTERM, str(Path(stopped[0].run.config.out)))
         return result
+
+    def _check(self, job: _Job, running: list[_Job], stopped: list[_Job], free_gpus: list[int],
+               result: LaunchResult, durations: list[float], counts: Callable[[], str], say: Say, queued: int) -> None:
+        """Report a running job's new epochs and, once it has exited, its outcome."""
+        epochs = _epochs_done(Path(job.run.config.out))
+        if epochs > job.epochs:
+            job.epochs = epochs
+            say(f"{counts()} {job.run.name}: epoch {epochs}/{job.run.config.epochs} done")
+        code = job.proc.poll()
+        if code is None:
+            return
+        running.remove(job)
+        if job.gpu is not None:
+            free_gpus.append(job.gpu)
+        if code == 0:
+            result.trained += 1
+            durations.append(time.perf_counter() - job.started)
+            say(f"{counts()} {job.run.name}: finished in {format_seconds(durations[-1])}")
+        elif code in STOPPED_FROM_OUTSIDE:
+            stopped.append(job)
+            say(f"{counts()} {job.run.name}: stopped by a signal from outside ({_last_line(job.log)}); "
+                f"starting no further run ({queued} not started), the running ones go on")
+        else:
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+            result.failures[job.run.name] = f"{_last_line(job.log)} ({how}; log: {job.log})"
+            say(f"{counts()} {job.run.name}: FAILED: {result.failures[job.run.name]}")
 
     def _stop(self, running: list[_Job], say: Say) -> None:
         say(f"launcher: stopping {len(running)} running job(s) (each saves last.pt)...")
@@ -266,6 +293,38 @@ class Jobs(Launcher):
                 job.proc.kill()
                 job.proc.wait()
             say(f"launcher: {job.run.name} stopped ({_last_line(job.log)})")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _signals_as_interrupt:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread while the block runs, so that ``kill`` or a
+    closed terminal stops the jobs as Ctrl-C does; ``received`` gets the signal's number appended."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self, received: list[int]) -> None:
+        self.received = received
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+                    self.previous[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def make_launcher(jobs: int = 1, ray: Optional[str] = None, *, log_dir: Optional[Path] = None,
