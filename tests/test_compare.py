@@ -191,6 +191,28 @@ def test_a_call_for_part_of_the_folder_reports_all_of_it(finished, tmp_path):
     assert "summarised (every finished run in the folder): gct_resnet20 0, 1; resnet20 0, 1" in part.report.read_text()
 
 
+def test_a_folder_of_small_files_only_is_summarised(finished, tmp_path):
+    """Run folders as committed in results/ (no weights, no model_info.json cache): the report still has
+    each model's params and MACs, built from summary.json."""
+    import shutil
+
+    out = shutil.copytree(finished[0], tmp_path / "small", ignore=shutil.ignore_patterns(
+        "*.pt", "*.safetensors", "model_info.json", "cost.json", "analysis"))
+    result = compare.run(MODELS, SEEDS, out, train_options=OPTIONS, log=None, analyze=False, cost_repeats=0)
+    assert result.trained == 0
+    rows = {r["model"]: r for r in read_csv(out / "summary.csv")}
+    for m in MODELS:
+        info = gctnet.model_info(gctnet.create_model(m, num_classes=10, in_chans=1, width=0.5), (1, 28, 28), batch_size=2)
+        assert int(rows[m]["params"]) == info.params and int(rows[m]["macs"]) == info.macs
+        assert json.loads((out / "runs" / m / "model_info.json").read_text())["costs"]["params"] == info.params
+    summary = json.loads((out / "runs" / "resnet20" / "seed0" / "summary.json").read_text())
+    del summary["model_kwargs"]
+    (out / "runs" / "resnet20" / "seed0" / "summary.json").write_text(json.dumps(summary))
+    (out / "runs" / "resnet20" / "model_info.json").unlink()
+    with pytest.raises(compare.CompareError, match="does not name its model and builder arguments"):
+        compare.run(MODELS, SEEDS, out, train_options=OPTIONS, log=None, analyze=False, cost_repeats=0)
+
+
 def test_other_settings_on_the_same_folder_are_refused(finished):
     out, _, _ = finished
     with pytest.raises(compare.CompareError, match="epochs=1 \\(now 2\\)"):

@@ -266,12 +266,14 @@ class CompareResult:
 def _model_costs(path: Path) -> dict[str, Any]:
     """params, GCT params/modules and MACs of a finished run's model at its dataset's input size.
 
-    Cached in ``<model folder>/model_info.json`` (keyed by the builder arguments and input size), so
-    summarising a folder again does not rebuild and trace the model.
+    Built from the run's ``summary.json`` (model name and builder arguments), not its weights, so a run
+    folder holding only its small files (as committed in results/) is summarised too.  Cached in
+    ``<model folder>/model_info.json`` (keyed by the builder arguments and input size), so summarising a
+    folder again does not rebuild and trace the model.
     """
     from ..bench.accounting import model_info
     from ..data import dataset_info
-    from ..train import load_checkpoint_model
+    from ..models import create_model
 
     summary = read_json(path / "summary.json") or {}
     config = read_json(path / "config.json") or {}
@@ -281,7 +283,10 @@ def _model_costs(path: Path) -> dict[str, Any]:
     cached = read_json(cache)
     if cached and cached.get("key") == key and key["model_kwargs"] is not None:
         return cached["costs"]
-    model, _ = load_checkpoint_model(path)
+    if key["model_kwargs"] is None or not summary.get("model"):
+        raise CompareError(f"{path / 'summary.json'} does not name its model and builder arguments "
+                           "(written by an older gctnet?); expected keys 'model' and 'model_kwargs'")
+    model = create_model(summary["model"], **summary["model_kwargs"]).eval()
     mi = model_info(model, tuple(key["input_size"]), batch_size=2)
     costs = {"params": mi.params, "gct_params": mi.gct_params, "gct_modules": mi.gct_modules, "macs": mi.macs}
     atomic_write_text(cache, json.dumps({"key": key, "costs": costs}, indent=2) + "\n")
