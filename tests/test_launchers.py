@@ -50,6 +50,10 @@ def test_jobs_give_the_weights_of_one_run_at_a_time(tmp_path):
     assert any(f"2 job(s) at once, {threads} CPU thread(s) each" in line for line in lines)
     assert any("resnet20 seed 0: started" in line and "running" in line and "queued" in line for line in lines)
     assert any("epoch 1/1 done" in line for line in lines)
+    started = [line for line in lines if ": started" in line]
+    assert len(started) == 2 and not any("ETA" in line for line in started)  # no epoch timed yet
+    first_epoch = next(line for line in lines if "epoch 1/1 done" in line)
+    assert ", ETA " in first_epoch, lines  # one epoch timed, one of the other run left
     assert sum(": finished in" in line for line in lines) == 2
     assert any(line.startswith("[2/2 done, 0 running, 0 queued") for line in lines)
     saved = json.loads((compare.run_dir(two, "resnet20", 0) / "config.json").read_text())
@@ -137,3 +141,41 @@ def test_a_job_stopped_from_outside_starts_no_further_run(tmp_path):
     assert run_status(compare.run_dir(out, "resnet20", 1)) == "resume", output
     assert json.loads((compare.run_dir(out, "resnet20", 0) / "summary.json").read_text())["finished"], output
     assert not compare.run_dir(out, "gct_resnet20", 0).exists() and not compare.run_dir(out, "gct_resnet20", 1).exists()
+
+
+def test_eta_counts_the_epochs_left_not_the_runs(tmp_path, monkeypatch):
+    """A resumed run has only its epochs left to train; the ETA is the mean epoch time times the epochs left,
+    so a run resumed near its end neither shortens nor lengthens the estimate."""
+    from gctnet.train import TrainConfig
+
+    clock = [0.0]
+    monkeypatch.setattr(launchers.time, "perf_counter", lambda: clock[0])
+
+    def fake_run(config, status):  # 10 s per epoch, writes the metrics rows as the engine does
+        done = launchers._epochs_done(Path(config.out)) if status == "resume" else 0
+        clock[0] += 10.0 * (config.epochs - done)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "metrics.csv").write_text("epoch\n" + "".join(f"{e}\n" for e in range(1, config.epochs + 1)))
+
+    monkeypatch.setattr(launchers.runner, "ensure_run", fake_run)
+    resumed = tmp_path / "b"
+    resumed.mkdir()
+    (resumed / "metrics.csv").write_text("epoch\n1\n2\n3\n")  # 3 of 4 epochs done
+    runs = [launchers.PlannedRun(name, 0, TrainConfig(model="resnet20", epochs=4, out=str(tmp_path / name)), status)
+            for name, status in (("a", "new"), ("b", "resume"), ("c", "new"))]
+    assert [launchers._epochs_left(r) for r in runs] == [4, 1, 4]
+    lines: list[str] = []
+    launchers.Sequential().launch(runs, lines.append)
+    assert lines == ["run 1/3: a seed 0 (training), 3 to go, ETA after the first run",
+                     "run 2/3: b seed 0 (resuming), 2 to go, ETA 50s",  # 10 s x (1 + 4) epochs
+                     "run 3/3: c seed 0 (training), 1 to go, ETA 40s"]
+
+
+def test_launcher_choice_and_bad_jobs():
+    assert isinstance(launchers.make_launcher(1), launchers.Sequential)
+    assert isinstance(launchers.make_launcher(3, log_dir=Path("x")), launchers.Jobs)
+    from gctnet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--jobs", "0", "--out", "unused"])
+    assert exc.value.code == 2

@@ -107,19 +107,23 @@ class Sequential(Launcher):
 
     def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
         result = LaunchResult()
-        durations: list[float] = []
+        epoch_seconds: list[float] = []  # seconds per epoch of each run trained so far (a resumed run: its epochs left)
         for i, run in enumerate(runs, start=1):
             remaining = len(runs) - result.trained
-            eta = f"ETA {format_seconds(finite_mean(durations) * remaining)}" if durations else "ETA after the first run"
+            epochs = sum(map(_epochs_left, runs[i - 1:]))
+            eta = (f"ETA {format_seconds(finite_mean(epoch_seconds) * epochs)}" if epoch_seconds
+                   else "ETA after the first run")
             where = f"{run.index}/{run.total}" if run.index else f"{i}/{len(runs)}"
             say(f"run {where}: {run.name} ({_what(run.status)}), {remaining} to go, {eta}")
+            todo = _epochs_left(run)
             t0 = time.perf_counter()
             try:
                 runner.ensure_run(run.config, run.status)
             except KeyboardInterrupt:
                 say(f"compare: interrupted during {run.name}; calling compare again continues it")
                 raise
-            durations.append(time.perf_counter() - t0)
+            if todo:  # (a run killed after its last checkpoint only writes its summary)
+                epoch_seconds.append((time.perf_counter() - t0) / todo)
             result.trained += 1
         return result
 
@@ -149,8 +153,15 @@ class _Job:
     proc: subprocess.Popen
     log: Path
     started: float
-    epochs: int = 0
+    epochs: int = 0  # epochs in the run's metrics.csv (a resumed run starts with those of its earlier attempt)
     gpu: Optional[int] = None
+    epoch_at: float = 0.0  # when the last epoch ended (or the job started)
+    partial: bool = False  # the next epoch is the one a resumed run started mid-way: not a full epoch's time
+
+
+def _epochs_left(run: PlannedRun) -> int:
+    done = _epochs_done(Path(run.config.out)) if run.status == "resume" else 0
+    return max(0, run.config.epochs - done)
 
 
 class Jobs(Launcher):
@@ -203,14 +214,17 @@ class Jobs(Launcher):
             proc = subprocess.Popen([sys.executable, "-m", "gctnet.experiments._job", payload], stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
-        return _Job(run, proc, log, time.perf_counter(), gpu=gpu)
+        now = time.perf_counter()
+        resumed = run.status == "resume"
+        return _Job(run, proc, log, now, epochs=run.config.epochs - _epochs_left(run), gpu=gpu, epoch_at=now,
+                    partial=resumed)
 
     def launch(self, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
         result = LaunchResult()
         queue = list(runs)
         running: list[_Job] = []
         stopped: list[_Job] = []  # jobs stopped by a signal from outside: resumable; no further run starts
-        durations: list[float] = []
+        epoch_seconds: list[float] = []  # the time of each full epoch trained by any job (validation included)
         free_gpus = list(range(self._gpus(runs[0].config))) if runs else []
         total = len(runs)
         threads = self.threads(runs[0].config) if runs else 1
@@ -218,10 +232,12 @@ class Jobs(Launcher):
 
         def counts() -> str:
             done = result.trained + len(result.failures) + len(stopped)
+            left = len(queue) + len(running)
             eta = ""
-            if durations and (queue or running):
-                left = len(queue) + len(running)
-                eta = f", ETA {format_seconds(finite_mean(durations) * left / max(1, min(self.jobs, left)))}"
+            if epoch_seconds and left:
+                # epochs still to train, at the mean epoch time so far, shared by the job slots
+                epochs = sum(map(_epochs_left, queue)) + sum(max(0, j.run.config.epochs - j.epochs) for j in running)
+                eta = f", ETA {format_seconds(finite_mean(epoch_seconds) * epochs / max(1, min(self.jobs, left)))}"
             return f"[{done}/{total} done, {len(running)} running, {len(queue)} queued{eta}]"
 
         received = [signal.SIGINT]
@@ -235,7 +251,7 @@ class Jobs(Launcher):
                         say(f"{counts()} {job.run.name}: started ({_what(job.run.status)}){gpu}")
                     time.sleep(self.poll)
                     for job in list(running):
-                        self._check(job, running, stopped, free_gpus, result, durations, counts, say, len(queue))
+                        self._check(job, running, stopped, free_gpus, result, epoch_seconds, counts, say, len(queue))
             except KeyboardInterrupt:
                 self._stop(running, say)
                 raise TrainingInterrupted(
@@ -250,11 +266,15 @@ class Jobs(Launcher):
         return result
 
     def _check(self, job: _Job, running: list[_Job], stopped: list[_Job], free_gpus: list[int],
-               result: LaunchResult, durations: list[float], counts: Callable[[], str], say: Say, queued: int) -> None:
+               result: LaunchResult, epoch_seconds: list[float], counts: Callable[[], str], say: Say,
+               queued: int) -> None:
         """Report a running job's new epochs and, once it has exited, its outcome."""
         epochs = _epochs_done(Path(job.run.config.out))
         if epochs > job.epochs:
-            job.epochs = epochs
+            now = time.perf_counter()
+            if not job.partial:
+                epoch_seconds.extend([(now - job.epoch_at) / (epochs - job.epochs)] * (epochs - job.epochs))
+            job.epochs, job.epoch_at, job.partial = epochs, now, False
             say(f"{counts()} {job.run.name}: epoch {epochs}/{job.run.config.epochs} done")
         code = job.proc.poll()
         if code is None:
@@ -264,8 +284,7 @@ class Jobs(Launcher):
             free_gpus.append(job.gpu)
         if code == 0:
             result.trained += 1
-            durations.append(time.perf_counter() - job.started)
-            say(f"{counts()} {job.run.name}: finished in {format_seconds(durations[-1])}")
+            say(f"{counts()} {job.run.name}: finished in {format_seconds(time.perf_counter() - job.started)}")
         elif code in STOPPED_FROM_OUTSIDE:
             stopped.append(job)
             say(f"{counts()} {job.run.name}: stopped by a signal from outside ({_last_line(job.log)}); "
