@@ -169,6 +169,9 @@ def test_eta_counts_the_epochs_left_not_the_runs(tmp_path, monkeypatch):
     assert lines == ["run 1/3: a seed 0 (training), 3 to go, ETA after the first run",
                      "run 2/3: b seed 0 (resuming), 2 to go, ETA 50s",  # 10 s x (1 + 4) epochs
                      "run 3/3: c seed 0 (training), 1 to go, ETA 40s"]
+    # the one formula of every launcher (--jobs and Ray share the slots)
+    assert launchers.eta([10.0, 20.0], 6, 2) == "ETA 45s" and launchers.eta([10.0], 7, 0) == "ETA 1m10s"
+    assert launchers.eta([], 6, 2) == "" and launchers.eta([10.0], 0, 2) == ""
 
 
 def test_launcher_choice_and_bad_jobs():

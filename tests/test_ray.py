@@ -298,11 +298,13 @@ def test_a_worker_that_dies_is_retried_and_the_run_resumes(cluster, tmp_path):
     options = {**OPTIONS, "epochs": 30, "subset": 256}
     killed: list[int] = []
 
-    def kill_the_worker() -> None:  # once the first epoch is written, SIGKILL the task's worker process
+    def kill_the_worker() -> None:  # once the first epoch's checkpoint is saved, SIGKILL the task's worker process
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
+            # metrics.csv gets the epoch's row before last.pt is saved (atomically): wait for both, or a kill
+            # between the two (seen under load) leaves nothing to resume and the retry rightly starts afresh
             metrics = run / "metrics.csv"
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            if (run / "last.pt").is_file() and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
                 for pid in _task_pids("gctnet resnet20 seed 0"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

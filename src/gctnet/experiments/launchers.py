@@ -41,7 +41,7 @@ from ..train import TrainConfig
 from . import runner
 from .stats import finite_mean, format_seconds
 
-__all__ = ["PlannedRun", "LaunchResult", "Launcher", "Sequential", "Jobs", "make_launcher", "cores"]
+__all__ = ["PlannedRun", "LaunchResult", "Launcher", "Sequential", "Jobs", "make_launcher", "cores", "eta"]
 
 Say = Callable[[str], None]
 
@@ -110,11 +110,9 @@ class Sequential(Launcher):
         epoch_seconds: list[float] = []  # seconds per epoch of each run trained so far (a resumed run: its epochs left)
         for i, run in enumerate(runs, start=1):
             remaining = len(runs) - result.trained
-            epochs = sum(map(_epochs_left, runs[i - 1:]))
-            eta = (f"ETA {format_seconds(finite_mean(epoch_seconds) * epochs)}" if epoch_seconds
-                   else "ETA after the first run")
+            left = eta(epoch_seconds, sum(map(_epochs_left, runs[i - 1:])), 1) or "ETA after the first run"
             where = f"{run.index}/{run.total}" if run.index else f"{i}/{len(runs)}"
-            say(f"run {where}: {run.name} ({_what(run.status)}), {remaining} to go, {eta}")
+            say(f"run {where}: {run.name} ({_what(run.status)}), {remaining} to go, {left}")
             todo = _epochs_left(run)
             t0 = time.perf_counter()
             try:
@@ -159,9 +157,20 @@ class _Job:
     partial: bool = False  # the next epoch is the one a resumed run started mid-way: not a full epoch's time
 
 
-def _epochs_left(run: PlannedRun) -> int:
-    done = _epochs_done(Path(run.config.out)) if run.status == "resume" else 0
+def _epochs_left(run: PlannedRun, started: bool = False) -> int:
+    """Epochs ``run`` still has to train: all of them for a new run, those after its metrics.csv for a resumed
+    one (or for any run once it has ``started``: its folder is its own then)."""
+    done = _epochs_done(Path(run.config.out)) if started or run.status == "resume" else 0
     return max(0, run.config.epochs - done)
+
+
+def eta(epoch_seconds: Sequence[float], epochs: int, slots: int) -> str:
+    """``"ETA 1h02m"``: ``epochs`` still to train at the mean epoch time so far, ``slots`` at a time ("" before
+    any epoch was timed or when nothing is left).  Counting epochs, not runs, keeps a resumed run's short time
+    from shrinking the estimate."""
+    if not epoch_seconds or epochs <= 0:
+        return ""
+    return f"ETA {format_seconds(finite_mean(epoch_seconds) * epochs / max(1, slots))}"
 
 
 class Jobs(Launcher):
@@ -233,12 +242,9 @@ class Jobs(Launcher):
         def counts() -> str:
             done = result.trained + len(result.failures) + len(stopped)
             left = len(queue) + len(running)
-            eta = ""
-            if epoch_seconds and left:
-                # epochs still to train, at the mean epoch time so far, shared by the job slots
-                epochs = sum(map(_epochs_left, queue)) + sum(max(0, j.run.config.epochs - j.epochs) for j in running)
-                eta = f", ETA {format_seconds(finite_mean(epoch_seconds) * epochs / max(1, min(self.jobs, left)))}"
-            return f"[{done}/{total} done, {len(running)} running, {len(queue)} queued{eta}]"
+            epochs = sum(map(_epochs_left, queue)) + sum(max(0, j.run.config.epochs - j.epochs) for j in running)
+            when = eta(epoch_seconds, epochs, min(self.jobs, left))
+            return f"[{done}/{total} done, {len(running)} running, {len(queue)} queued{', ' + when if when else ''}]"
 
         received = [signal.SIGINT]
         with _signals_as_interrupt(received):

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import RunError, SettingsError, TrainingInterrupted
-from .launchers import Launcher, LaunchResult, PlannedRun, Say
-from .stats import finite_mean, format_seconds
+from .launchers import Launcher, LaunchResult, PlannedRun, Say, _epochs_left, eta
+from .stats import format_seconds
 
 __all__ = ["RayLauncher", "PROBE_PREFIX"]
 
@@ -233,19 +233,19 @@ class RayLauncher(Launcher):
     def _launch(self, ray: Any, runs: Sequence[PlannedRun], say: Say) -> LaunchResult:
         result = LaunchResult()
         pending: dict[Any, tuple[PlannedRun, int, float]] = {}  # ref -> (run, attempt, submitted)
+        todo = {run.name: _epochs_left(run) for run in runs}  # epochs each run has to train (a retry: its last todo)
         for run in runs:
             pending[self._submit(ray, run)] = (run, 0, time.time())
-        durations: list[float] = []
+        epoch_seconds: list[float] = []  # seconds per epoch of each finished task (over the epochs it trained)
         total = len(runs)
 
         def counts() -> str:
-            running = sum(1 for run, _, t in pending.values() if self._started_on(run, t))
+            started = {ref: bool(self._started_on(run, t)) for ref, (run, _, t) in pending.items()}
+            running = sum(started.values())
             done = result.trained + len(result.failures)
-            eta = ""
-            if durations and pending:
-                parallel = max(1, running)
-                eta = f", ETA {format_seconds(finite_mean(durations) * len(pending) / parallel)}"
-            return f"[{done}/{total} done, {running} running, {len(pending) - running} queued{eta}]"
+            epochs = sum(_epochs_left(run, started[ref]) for ref, (run, _, _) in pending.items())
+            when = eta(epoch_seconds, epochs, running)
+            return f"[{done}/{total} done, {running} running, {len(pending) - running} queued{', ' + when if when else ''}]"
 
         say(f"{counts()} {total} run(s) submitted")
         last_line = 0.0
@@ -265,13 +265,15 @@ class RayLauncher(Launcher):
                             say(f"{counts()} {run.name}: attempt {attempt + 1} failed ({why}); retrying "
                                 f"({self.max_retries - attempt} retr{'y' if self.max_retries - attempt == 1 else 'ies'} left)")
                             retry = dataclasses.replace(run, status=_status(run))
+                            todo[run.name] = _epochs_left(retry)
                             pending[self._submit(ray, retry)] = (retry, attempt + 1, time.time())
                         else:
                             result.failures[run.name] = f"failed {attempt + 1} time(s), last: {why}"
                             say(f"{counts()} {run.name}: FAILED: {result.failures[run.name]}")
                         continue
                     result.trained += 1
-                    durations.append(info["seconds"])
+                    if todo[run.name]:
+                        epoch_seconds.append(info["seconds"] / todo[run.name])
                     say(f"{counts()} {run.name}: finished on {info['node']} in {format_seconds(info['seconds'])}")
                 if not ready and time.monotonic() - last_line > 30:
                     last_line = time.monotonic()
