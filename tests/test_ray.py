@@ -221,7 +221,8 @@ def test_a_local_cluster_started_for_the_call_stays_on_loopback(tmp_path, monkey
     assert not ray.is_initialized()
 
 
-def test_ctrl_c_cancels_the_tasks_and_a_rerun_resumes(cluster, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_cancels_the_tasks_and_a_rerun_resumes(cluster, tmp_path, signum):
     from gctnet.experiments.runner import run_status
 
     address, _ = cluster
@@ -239,11 +240,13 @@ def test_ctrl_c_cancels_the_tasks_and_a_rerun_resumes(cluster, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=180)[0]
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + signum, output
     assert "cancelling 1 task(s)" in output and "interrupted" in output, output
     assert run_status(run) == "resume" and not (run / "summary.json").exists()
+    if signum == signal.SIGTERM:
+        return  # the rerun is the same for both
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     summary = json.loads((run / "summary.json").read_text())

@@ -329,7 +329,8 @@ def _signal_name(signum: int) -> str:
 
 class _signals_as_interrupt:
     """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread while the block runs, so that ``kill`` or a
-    closed terminal stops the jobs as Ctrl-C does; ``received`` gets the signal's number appended."""
+    closed terminal stops the jobs (``--jobs``: processes in sessions of their own; Ray: tasks that Ray's own
+    SIGTERM exit would kill unsaved) as Ctrl-C does; ``received`` gets the signal's number appended."""
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 

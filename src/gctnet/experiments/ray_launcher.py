@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import RunError, SettingsError, TrainingInterrupted
-from .launchers import Launcher, LaunchResult, PlannedRun, Say, _epochs_left, eta
+from .launchers import Launcher, LaunchResult, PlannedRun, Say, _epochs_left, _signals_as_interrupt, eta
 from .stats import format_seconds
 
 __all__ = ["RayLauncher", "PROBE_PREFIX"]
@@ -249,39 +249,41 @@ class RayLauncher(Launcher):
 
         say(f"{counts()} {total} run(s) submitted")
         last_line = 0.0
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll)
-                for ref in ready:
-                    run, attempt, submitted = pending.pop(ref)
-                    try:
-                        info = ray.get(ref)
-                    except Exception as exc:  # the task raised, or its worker / node died
-                        why = _why(exc)
-                        node = self._started_on(run, submitted)
-                        if node and "(node " not in why:
-                            why = f"{why} (node {node})"
-                        if attempt < self.max_retries:
-                            say(f"{counts()} {run.name}: attempt {attempt + 1} failed ({why}); retrying "
-                                f"({self.max_retries - attempt} retr{'y' if self.max_retries - attempt == 1 else 'ies'} left)")
-                            retry = dataclasses.replace(run, status=_status(run))
-                            todo[run.name] = _epochs_left(retry)
-                            pending[self._submit(ray, retry)] = (retry, attempt + 1, time.time())
-                        else:
-                            result.failures[run.name] = f"failed {attempt + 1} time(s), last: {why}"
-                            say(f"{counts()} {run.name}: FAILED: {result.failures[run.name]}")
-                        continue
-                    result.trained += 1
-                    if todo[run.name]:
-                        epoch_seconds.append(info["seconds"] / todo[run.name])
-                    say(f"{counts()} {run.name}: finished on {info['node']} in {format_seconds(info['seconds'])}")
-                if not ready and time.monotonic() - last_line > 30:
-                    last_line = time.monotonic()
-                    say(counts())
-        except KeyboardInterrupt:
-            self._cancel(ray, pending, say)
-            raise TrainingInterrupted(f"interrupted: cancelled {len(pending)} Ray task(s); their run folders keep "
-                                      "their last checkpoints", signal.SIGINT, str(self.out)) from None
+        received = [signal.SIGINT]
+        with _signals_as_interrupt(received):  # kill / a closed terminal cancel the tasks as Ctrl-C does
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll)
+                    for ref in ready:
+                        run, attempt, submitted = pending.pop(ref)
+                        try:
+                            info = ray.get(ref)
+                        except Exception as exc:  # the task raised, or its worker / node died
+                            why = _why(exc)
+                            node = self._started_on(run, submitted)
+                            if node and "(node " not in why:
+                                why = f"{why} (node {node})"
+                            if attempt < self.max_retries:
+                                say(f"{counts()} {run.name}: attempt {attempt + 1} failed ({why}); retrying "
+                                    f"({self.max_retries - attempt} retr{'y' if self.max_retries - attempt == 1 else 'ies'} left)")
+                                retry = dataclasses.replace(run, status=_status(run))
+                                todo[run.name] = _epochs_left(retry)
+                                pending[self._submit(ray, retry)] = (retry, attempt + 1, time.time())
+                            else:
+                                result.failures[run.name] = f"failed {attempt + 1} time(s), last: {why}"
+                                say(f"{counts()} {run.name}: FAILED: {result.failures[run.name]}")
+                            continue
+                        result.trained += 1
+                        if todo[run.name]:
+                            epoch_seconds.append(info["seconds"] / todo[run.name])
+                        say(f"{counts()} {run.name}: finished on {info['node']} in {format_seconds(info['seconds'])}")
+                    if not ready and time.monotonic() - last_line > 30:
+                        last_line = time.monotonic()
+                        say(counts())
+            except KeyboardInterrupt:
+                self._cancel(ray, pending, say)
+                raise TrainingInterrupted(f"interrupted: cancelled {len(pending)} Ray task(s); their run folders keep "
+                                          "their last checkpoints", received[-1], str(self.out)) from None
         return result
 
     def _cancel(self, ray: Any, pending: dict[Any, Any], say: Say) -> None:
