@@ -401,6 +401,7 @@ def test_cost_json_and_the_ranking_table(finished):
     cost = json.loads((out / "cost.json").read_text())
     assert cost["reference"] == "resnet20" and [r["model"] for r in cost["rows"]] == MODELS
     assert cost["key"]["models"] == MODELS and cost["key"]["repeats"] == 2 and cost["key"]["input_size"] == [1, 28, 28]
+    assert cost["key"]["batch_size"] == cost["settings"]["batch_size"] == OPTIONS["batch_size"]  # the training batch
     rows = {r["model"]: r for r in cost["rows"]}
     for m in MODELS:
         info = gctnet.model_info(gctnet.create_model(m, num_classes=10, in_chans=1, width=0.5), (1, 28, 28), batch_size=8)

@@ -144,14 +144,22 @@ def cost_step(
     options: Mapping[str, Any],
     *,
     repeats: int = 10,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Optional[dict[str, Any]]:
     """The comparison's cost step: ``OUT/cost.json`` for ``models`` (reused when present with the same
     key), measured otherwise.  ``options``: the comparison's training options (data, image size, model
-    builder arguments, device).  ``repeats=0`` skips the step (returns None)."""
+    builder arguments, device, batch size: the models are timed at the batch they trained with, unless
+    ``batch_size`` says otherwise).  ``repeats=0`` skips the step (returns None)."""
     if repeats <= 0 or not models:
         return None
+    if not batch_size:
+        import dataclasses
+
+        from ..train import TrainConfig
+
+        default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "batch_size")
+        batch_size = int(options.get("batch_size") or default)
     from ..data import dataset_info
 
     info = dataset_info(options.get("data") or "fashion_mnist", options.get("data_dir"),
