@@ -123,6 +123,11 @@ def test_ctrl_c_or_kill_stops_every_job_and_a_rerun_finishes_them(tmp_path, sign
         assert json.loads((compare.run_dir(out, m, 0) / "summary.json").read_text())["finished"]
 
 
+def test_a_stopped_job_says_whether_it_saved_anything():
+    assert launchers._stopped_how(launchers.EXIT_INTERRUPTED) == "progress saved"
+    assert launchers._stopped_how(-signal.SIGTERM) == "killed by SIGTERM before saving anything; it starts afresh"
+
+
 def test_a_job_stopped_from_outside_starts_no_further_run(tmp_path):
     """SIGTERM to one job (a shutdown, a user freeing the machine): its run saves its progress and is not a
     failure, the queued runs do not start, the other running job finishes, and the experiment ends interrupted."""
@@ -133,9 +138,10 @@ def test_a_job_stopped_from_outside_starts_no_further_run(tmp_path):
     os.kill(job_pids(proc.pid)["resnet20", 1], signal.SIGTERM)
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 128 + signal.SIGTERM, output
-    assert "resnet20 seed 1: stopped by a signal from outside (interrupted: SIGTERM received" in output, output
+    assert ("resnet20 seed 1: stopped by a signal from outside, progress saved (interrupted: SIGTERM received"
+            in output), output
     assert "starting no further run (2 not started)" in output and "FAILED" not in output, output
-    assert "resnet20 seed 1 stopped by a signal from outside after saving its progress; 2 run(s) not started" in output
+    assert ("stopped by a signal from outside: resnet20 seed 1 (progress saved); 2 run(s) not started" in output), output
     from gctnet.experiments.runner import run_status
 
     assert run_status(compare.run_dir(out, "resnet20", 1)) == "resume", output

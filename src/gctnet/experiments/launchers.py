@@ -53,6 +53,13 @@ STOPPED_FROM_OUTSIDE = (EXIT_INTERRUPTED,) + tuple(-getattr(signal, name) for na
                                                    if hasattr(signal, name))
 
 
+def _stopped_how(code: int) -> str:
+    """What a job stopped from outside (exit ``code`` in :data:`STOPPED_FROM_OUTSIDE`) left behind."""
+    if code == EXIT_INTERRUPTED:
+        return "progress saved"
+    return f"killed by {_signal_name(-code)} before saving anything; it starts afresh"
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of an experiment: what to train and the status of its folder (see :func:`runner.run_status`)."""
@@ -264,11 +271,11 @@ class Jobs(Launcher):
                     f"interrupted: {len(running)} running run(s) saved their progress, {len(queue)} not started",
                     received[-1], str(Path(running[0].run.config.out)) if running else None) from None
         if stopped:
-            names = ", ".join(job.run.name for job in stopped)
+            names = ", ".join(f"{job.run.name} ({_stopped_how(job.proc.returncode)})" for job in stopped)
             failed = f"; {len(result.failures)} run(s) failed: {'; '.join(result.failures)}" if result.failures else ""
             raise TrainingInterrupted(
-                f"{names} stopped by a signal from outside after saving its progress; {len(queue)} run(s) not "
-                f"started{failed}", signal.SIGTERM, str(Path(stopped[0].run.config.out)))
+                f"stopped by a signal from outside: {names}; {len(queue)} run(s) not started{failed}",
+                signal.SIGTERM, str(Path(stopped[0].run.config.out)))
         return result
 
     def _check(self, job: _Job, running: list[_Job], stopped: list[_Job], free_gpus: list[int],
@@ -293,7 +300,8 @@ class Jobs(Launcher):
             say(f"{counts()} {job.run.name}: finished in {format_seconds(time.perf_counter() - job.started)}")
         elif code in STOPPED_FROM_OUTSIDE:
             stopped.append(job)
-            say(f"{counts()} {job.run.name}: stopped by a signal from outside ({_last_line(job.log)}); "
+            say(f"{counts()} {job.run.name}: stopped by a signal from outside, {_stopped_how(code)} "
+                f"({_last_line(job.log)}); "
                 f"starting no further run ({queued} not started), the running ones go on")
         else:
             how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
