@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -489,7 +490,7 @@ def test_figure_titles_name_the_models_and_seeds(finished, monkeypatch):
 
     monkeypatch.setattr(plots, "_save", spy)
     compare.write_outputs(result, {"preset": "demo"})
-    titles = {p.split("/")[-1]: t for p, t, *_ in seen}
+    titles = {p.split("/")[-1]: " ".join(t.split()) for p, t, *_ in seen}  # titles are wrapped to the figure
     assert "seeds 0, 1 of every model" in titles["val_top1_vs_epoch.png"]
     assert "seeds 0, 1 of every model" in titles["final_top1_per_seed.png"]
     assert "seeds 0, 1 of every model" in titles["cost_vs_accuracy.png"]
@@ -503,10 +504,77 @@ def test_figure_titles_name_the_models_and_seeds(finished, monkeypatch):
     a = analyze(dirs, batch_size=32, out=out / "analysis_titles", name="gct_resnet20, seeds 0, 1 pooled")
     assert {p.split("/")[-1] for p, *_ in seen} >= {"gamma_per_layer.png", "gate_per_layer.png"}
     for path, title, xlabel, ylabel, _ in seen:
-        assert title.startswith("gct_resnet20, seeds 0, 1 pooled: ") and xlabel and ylabel, path
+        assert " ".join(title.split()).startswith("gct_resnet20, seeds 0, 1 pooled: ") and xlabel and ylabel, path
     # the gate plot's y-axis fits its data (not the gate's whole range 0-2)
     lo, hi = next(ylim for p, *_, ylim in seen if p.endswith("gate_per_layer.png"))
     data_lo = min([g.mean - g.std for g in a.gates] + [1.0])
     data_hi = max([g.mean + g.std for g in a.gates] + [1.0])
     assert lo <= data_lo and hi >= data_hi
     assert (hi - lo) <= 1.2 * (data_hi - data_lo) + 0.01 and (lo, hi) != (0.0, 2.0)
+
+
+def test_seeds_text_groups_models_by_their_seeds():
+    from types import SimpleNamespace as S
+
+    one = [S(model="a", seeds=[0, 1]), S(model="b", seeds=[0, 1])]
+    assert compare._seeds_text(one) == "seeds 0, 1 of every model"
+    field = [S(model="resnet20", seeds=[0, 1, 2, 3, 4]), S(model="gct_resnet20", seeds=[0, 1, 2, 3, 4])]
+    field += [S(model=f"m{i}", seeds=[0, 1, 2]) for i in range(5)]
+    assert compare._seeds_text(field) == "seeds 0-4 of resnet20, gct_resnet20; 0-2 of every other model"
+    assert compare._seeds_text([S(model="a", seeds=[0, 2]), S(model="b", seeds=[1])]) == "seeds 0, 2 of a; 1 of b"
+
+
+def test_a_field_of_many_models_gets_readable_figures(tmp_path, monkeypatch):
+    """17 models: one small panel per model with the plain one in grey behind it, one row per model in the
+    per-seed strip, and numbered points whose legend names the models in rank order."""
+    from gctnet.analysis import plots
+    from gctnet.experiments.cost import pareto_front
+
+    models = ["resnet20"] + [f"attn{i}_resnet20" for i in range(1, 17)]
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig))
+    curves = {m: [[80.0 + e + 0.1 * s for e in range(4)] for s in range(3)] for m in models}
+    plots.plot_accuracy_curves(curves, tmp_path / "curves.png", title="t " * 200, reference="resnet20")
+    fig = figures["curves.png"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [f"{m} (n=3)" for m in models[1:]]
+    assert all(len(ax.get_lines()) == 2 for ax in panels)  # the model and the grey plain one
+    suptitle = fig._suptitle.get_text()
+    assert "grey: resnet20 (n=3) in every panel" in " ".join(suptitle.split()) and "\n" in suptitle  # wrapped
+    # up to CURVES_IN_ONE_PANEL models share one panel
+    few = {m: curves[m] for m in models[: plots.CURVES_IN_ONE_PANEL]}
+    plots.plot_accuracy_curves(few, tmp_path / "few.png", reference="resnet20")
+    assert len(figures["few.png"].axes) == 1 and len(figures["few.png"].axes[0].get_lines()) == len(few)
+
+    finals = {m: {s: c[-1] for s, c in enumerate(curves[m])} for m in models}
+    plots.plot_final_per_seed(finals, tmp_path / "seeds.png")
+    ax = figures["seeds.png"].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == models and ax.get_xlabel().startswith("final")
+
+    points = [{"model": m, "rank": 17 - i, "cost": 1.0 + 0.05 * i, "gain": 0.01 * i, "ci": None} for i, m in
+              enumerate(models)]
+    plots.plot_cost_vs_accuracy(points, pareto_front([(p["cost"], p["gain"]) for p in points]), tmp_path / "c.png")
+    labels = [t.get_text() for t in figures["c.png"].axes[0].get_legend().get_texts()]
+    assert labels[:17] == [f"{17 - i}  {m}" for i, m in reversed(list(enumerate(models)))]
+    assert labels[-1].startswith("Pareto front")
+    numbers = {t.get_text() for t in figures["c.png"].axes[0].texts}
+    assert numbers == {str(n) for n in range(1, 18)}
+
+
+def test_cost_plot_numbers_points_by_the_ranking_tables_rank(finished, monkeypatch):
+    from gctnet.analysis import plots
+
+    out, result, _ = finished
+    seen = {}
+    real_save = plots._save
+
+    def spy(fig, path):
+        if Path(path).name == "cost_vs_accuracy.png":
+            seen["labels"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    compare.write_outputs(result, {"preset": "demo"})
+    table = compare.ranking_table(result.summaries, result.baseline, result.cost)[2:]
+    ranked = [row.split("|")[2].strip() for row in table]
+    assert seen["labels"][: len(ranked)] == [f"{i}  {m}" for i, m in enumerate(ranked, start=1)]

@@ -627,8 +627,7 @@ def ranking_table(summaries: Sequence[ModelSummary], baseline: str, cost: Option
         "| saved act. MiB/img (x) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ranked = sorted(summaries, key=lambda s: -s.top1_mean if math.isfinite(s.top1_mean) else math.inf)
-    for rank, s in enumerate(ranked, start=1):
+    for rank, s in enumerate(_ranked(summaries), start=1):
         ci, wins = "-", "-"
         if s.is_baseline:
             delta = "(plain)"
@@ -711,13 +710,32 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
     ]
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``0-4`` for three or more consecutive seeds, else ``0, 1`` or ``0, 2, 5``."""
+    seeds = list(seeds)
+    if len(seeds) >= 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def _seeds_text(summaries: Sequence[ModelSummary]) -> str:
-    """``seeds 0-4 per model`` or ``seeds: resnet20 0, 1, 2; gct_resnet20 0, 1`` for the figure titles."""
-    sets = {tuple(s.seeds) for s in summaries}
-    if len(sets) == 1:
-        (seeds,) = sets
-        return f"seeds {', '.join(map(str, seeds))} of every model"
-    return "seeds: " + "; ".join(f"{s.model} {','.join(map(str, s.seeds))}" for s in summaries)
+    """The seeds pooled, for the figure titles: ``seeds 0, 1 of every model``, or grouped by seed list with
+    the largest group last (``seeds 0-4 of resnet20, gct_resnet20; 0-2 of every other model``)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for s in summaries:
+        groups.setdefault(tuple(s.seeds), []).append(s.model)
+    if len(groups) == 1:
+        return f"seeds {_seed_list(next(iter(groups)))} of every model"
+    ordered = sorted(groups.items(), key=lambda kv: len(kv[1]))
+    parts = [f"{_seed_list(seeds)} of {', '.join(models)}" for seeds, models in ordered[:-1]]
+    seeds, models = ordered[-1]
+    parts.append(f"{_seed_list(seeds)} of " + ("every other model" if len(models) > 2 else ", ".join(models)))
+    return "seeds " + "; ".join(parts)
+
+
+def _ranked(summaries: Sequence[ModelSummary]) -> list[ModelSummary]:
+    """The models by mean top-1, best first (the ranking table's order and its rank numbers)."""
+    return sorted(summaries, key=lambda s: -s.top1_mean if math.isfinite(s.top1_mean) else math.inf)
 
 
 def _cost_plot(result: CompareResult, path: Path, seeds_text: str) -> Optional[Path]:
@@ -729,12 +747,14 @@ def _cost_plot(result: CompareResult, path: Path, seeds_text: str) -> Optional[P
     if not rows:
         return None
     points = []
-    for s in result.summaries:
+    ranks = {s.model: rank for rank, s in enumerate(_ranked(result.summaries), start=1)}
+    for s in result.summaries:  # the summaries' order: each model keeps its colour of the other figures
+        rank = ranks[s.model]
         c = rows.get(s.model)
         if c is None:
             continue
         delta = 0.0 if s.is_baseline else s.delta_top1_mean
-        points.append({"model": s.model, "cost": c.get("train_time_ratio"), "gain": delta,
+        points.append({"model": s.model, "rank": rank, "cost": c.get("train_time_ratio"), "gain": delta,
                        "ci": None if s.is_baseline else s.delta_top1_ci95, "n": s.delta_seeds or len(s.seeds)})
     front = pareto_front([(p["cost"], p["gain"]) for p in points])
     ref = (result.cost or {}).get("reference")
@@ -742,7 +762,7 @@ def _cost_plot(result: CompareResult, path: Path, seeds_text: str) -> Optional[P
         points, front, path,
         xlabel=f"train step time / {ref} (side by side, one process)",
         ylabel=f"top-1 difference to {result.baseline} (percentage points, paired)",
-        title=f"Accuracy gain against training cost; Pareto front joined ({seeds_text})",
+        title=f"Accuracy gain against training cost; points numbered by rank; Pareto front joined ({seeds_text})",
     )
 
 
@@ -776,7 +796,7 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
         seeds_text = _seeds_text(result.summaries)
         paths["curves_png"] = plot_accuracy_curves(
             curves, out / "val_top1_vs_epoch.png",
-            title=f"Validation top-1 per epoch, mean +- 1 std over seeds ({seeds_text})")
+            title=f"Validation top-1 per epoch, mean +- 1 std over seeds ({seeds_text})", reference=result.baseline)
         paths["seeds_png"] = plot_final_per_seed(
             finals, out / "final_top1_per_seed.png",
             title=f"Final top-1 per seed (points, labelled by seed) and mean (bar); {seeds_text}")
@@ -818,7 +838,8 @@ def write_outputs(result: CompareResult, settings: Mapping[str, Any]) -> dict[st
     if "cost" in figures:
         report += [f"![difference to the plain model against train-time ratio]({figures['cost']})", "",
                    "Difference to the plain model (mean over paired seeds, bar: 95% CI) against the side-by-side "
-                   "train-time ratio; the line joins the Pareto front (no other model is both cheaper and better).",
+                   "train-time ratio, each point numbered by its rank in the table above; the line joins the "
+                   "Pareto front (no other model is both cheaper and better).",
                    ""]
     report += ["## Accuracy", "", *table, "", _TABLE_NOTES, ""]
     if "curves" in figures:
