@@ -249,6 +249,39 @@ def test_a_deleted_run_is_trained_again(finished, tmp_path):
     assert json.loads((copy / "runs" / "resnet20" / "seed1" / "summary.json").read_text())["finished"]
 
 
+def test_report_only_trains_nothing_and_names_the_unfinished_runs(finished, tmp_path, monkeypatch, capsys):
+    """A look at a study under way: the finished runs are reported, the unfinished ones (deleted, resumable
+    or not started) named and left alone."""
+    import shutil
+
+    from gctnet.cli import main
+
+    out, _, _ = finished
+    copy = shutil.copytree(out, tmp_path / "cmp")
+    (copy / "runs" / "gct_resnet20" / "seed1" / "summary.json").unlink()  # a run stopped mid-way
+    shutil.rmtree(copy / "runs" / "resnet20" / "seed1")  # a run not started
+    monkeypatch.setattr(gctnet.train, "run", lambda config: pytest.fail("nothing should be trained"))
+    lines: list[str] = []
+    result = compare.run(MODELS, SEEDS, copy, train_options=OPTIONS, log=lines.append, analyze=False,
+                         cost_repeats=0, train=False)
+    assert result.trained == 0 and result.skipped == 2
+    assert result.not_trained == ["resnet20 seed 1", "gct_resnet20 seed 1"]
+    assert any("report only: 2 unfinished run(s) not trained: resnet20 seed 1, gct_resnet20 seed 1" in x for x in lines)
+    assert [(s.model, s.seeds) for s in result.summaries] == [("resnet20", [0]), ("gct_resnet20", [0])]
+    report = result.report.read_text()
+    assert ("**partial report**: 2 of the 4 runs asked for are not finished and were not trained by this call "
+            "(report only): resnet20 seed 1, gct_resnet20 seed 1") in report
+    assert not (copy / "runs" / "resnet20" / "seed1").exists()
+    # the command line's flag; an empty folder has nothing to report
+    argv = ["compare", "--models", ",".join(MODELS), "--seeds", "2", "--epochs", "1", "--subset", "128",
+            "--val-subset", "128", "--batch-size", "64", "--model-kwargs", "width=0.5", "--quiet", "--workers", "0",
+            "--no-analyze", "--cost-repeats", "0", "--report-only"]
+    assert main(argv + ["--out", str(copy)]) == 0
+    assert f"report: {copy / 'report.md'}" in capsys.readouterr().out
+    with pytest.raises(compare.CompareError, match="nothing to report: no finished run in"):
+        compare.run(MODELS, SEEDS, tmp_path / "empty", train_options=OPTIONS, log=None, analyze=False, train=False)
+
+
 def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
     """Ctrl-C during the first epoch's evaluation: the engine saves last.pt in epoch 2; the next call
     resumes it (epoch 1 is not trained again) instead of starting over."""

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default=None, help="the plain model for differences (default: first without se_/gct_)")
     parser.add_argument("--no-analyze", action="store_true", help="skip the GCT analysis of the trained models")
     parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: report the finished runs and name the unfinished ones (a look at a comparison "
+        "still under way)",
+    )
+    parser.add_argument(
         "--analysis-images", type=int, default=256, metavar="N",
         help="validation images for the gate statistics of the analysis (default 256)",
     )
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         ray=args.ray,
         ray_options={"cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
                      "max_retries": args.max_retries} if args.ray is not None else None,
+        train=not args.report_only,
     ), lambda result: f"report: {result.report}")
 
 

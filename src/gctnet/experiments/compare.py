@@ -257,6 +257,7 @@ class CompareResult:
     cost: Optional[dict[str, Any]] = None  # the side-by-side cost measurement (cost.json), None when skipped
     trained: int = 0  # runs trained (or resumed) by this call
     skipped: int = 0  # runs found finished
+    not_trained: list[str] = field(default_factory=list)  # unfinished runs left alone (``train=False``)
 
     @property
     def report(self) -> Path:
@@ -405,6 +406,7 @@ def run(
     jobs: int = 1,
     ray: Optional[str] = None,
     ray_options: Optional[Mapping[str, Any]] = None,
+    train: bool = True,
 ) -> CompareResult:
     """Train every (model, seed) with the same options, skip finished runs, write tables, plots, report.
 
@@ -426,6 +428,8 @@ def run(
         ray: run every (model, seed) as a Ray task on the cluster at this address (``"auto"``: an
             existing cluster; ``""``: a local one started for the call); ``None``: no Ray.
         ray_options: for Ray: ``cpus_per_run``, ``gpus_per_run``, ``max_retries``.
+        train: ``False``: train nothing, report the finished runs and name the unfinished ones (a look at a
+            comparison that is still under way, e.g. a study made in parts).
     """
     if preset not in PRESETS:
         raise CompareError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -448,15 +452,16 @@ def run(
         options["subset"] = None
     out = Path(out)
     with FolderLock(out, "comparison folder"):  # one compare per folder at a time; created if needed
-        launcher = launchers.make_launcher(jobs, ray, log_dir=out / "jobs", out=out, **(ray_options or {}))
+        launcher = launchers.make_launcher(jobs, ray, log_dir=out / "jobs", out=out, **(ray_options or {})) if train \
+            else None
         return _compare(out, model_list, seed_list, base, options, user, p, analyze, analysis_images, say,
-                        cost_repeats, launcher=launcher)
+                        cost_repeats, launcher=launcher, train=train)
 
 
 def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, options: dict[str, Any],
              user: dict[str, Any], preset: Preset, analyze: bool, analysis_images: int,
              say: Callable[[str], None], cost_repeats: int = 10,
-             launcher: Optional[launchers.Launcher] = None) -> CompareResult:
+             launcher: Optional[launchers.Launcher] = None, train: bool = True) -> CompareResult:
     def intended(model: str, seed: int) -> TrainConfig:
         return TrainConfig(**{**options, "model": model, "seed": seed, "out": str(run_dir(out, model, seed))}).validate()
 
@@ -478,12 +483,20 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
     for i, (model, seed, config) in enumerate(jobs, start=1):
         if status[config.out] == "done":
             say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
+    not_trained = [] if train else [run.name for run in planned]
+    if not_trained:
+        say(f"compare: report only: {len(not_trained)} unfinished run(s) not trained: {', '.join(not_trained)}")
+        planned = []
     launched = (launcher or launchers.Sequential()).launch(planned, say) if planned else launchers.LaunchResult()
     trained = launched.trained
     launched.raise_failures()
 
     runs, summaries = summarize(out, model_list, base)
-    result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo)
+    if not summaries and not train:
+        raise CompareError(f"nothing to report: no finished run in {out} (a report-only call trains nothing; "
+                           "run the same command without it to train)")
+    result = CompareResult(out, model_list, seed_list, base, runs, summaries, trained=trained, skipped=len(jobs) - todo,
+                           not_trained=not_trained)
     if analyze:
         _analyze_models(result, analysis_images, say)
     # after every run: the cost of every summarised model, measured side by side in this process
@@ -707,7 +720,9 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
         f"- report written {settings.get('date')} with torch {settings.get('torch')} on {settings.get('cpus')} CPUs "
         f"({settings.get('cpu_threads')} torch threads), {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
         f"{result.skipped} finished one(s), took {format_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
-    ]
+    ] + ([f"- **partial report**: {len(result.not_trained)} of the {len(result.models) * len(result.seeds)} runs asked "
+          f"for are not finished and were not trained by this call (report only): {', '.join(result.not_trained)}"]
+         if result.not_trained else [])
 
 
 def _seed_list(seeds: Sequence[int]) -> str:
