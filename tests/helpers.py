@@ -9,7 +9,8 @@ import pytest
 
 from gctnet.data import DatasetNotFoundError, find_fashion_mnist
 
-__all__ = ["FASHION_MNIST_MISSING", "have_fashion_mnist", "requires_fashion_mnist", "read_csv", "make_image_folder"]
+__all__ = ["FASHION_MNIST_MISSING", "have_fashion_mnist", "requires_fashion_mnist", "read_csv", "make_image_folder",
+           "WarmPython"]
 
 FASHION_MNIST_MISSING = "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist; see README: Data)"
 
@@ -75,3 +76,99 @@ def run_gct(backend, x, params, dy, mode="l2", after_relu=False, grad_x=True):
         inputs = ([xg] if grad_x else []) + list(params)
         grads = torch.autograd.grad(y, inputs, dy)
     return y, grads
+
+
+# ------------------------------------------------------------------------- commands in a warm interpreter
+_WARM_SERVER = r"""
+import atexit, json, os, sys, traceback
+import gctnet.cli, gctnet.models, torchvision  # warm: these imports are most of a short command's time
+
+def child(req):
+    os.chdir(req["cwd"])
+    for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    sys.argv = ["-c", *req["args"]]
+    try:
+        exec(compile(req["code"], "<string>", "exec"), {"__name__": "__main__"})
+        code = 0
+    except SystemExit as exc:  # what the interpreter does with it at the top level
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(req)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class WarmPython:
+    """``python -c CODE ARGS`` run in a child forked from one interpreter that has already imported torch,
+    torchvision and gctnet (a fork server), instead of a fresh interpreter each time.
+
+    Each command still runs in a process of its own: its own exit status, stdout and stderr (files, not a
+    terminal), working directory and module state; what it changes (a patched function, an open lock)
+    ends with it. Only the interpreter start and those imports (about 8 s of a 9 s bad-input case on the
+    2-core CI machine) are shared. What needs a fresh interpreter (output at import time, the interpreter's
+    own shutdown) is tested with ``subprocess`` directly.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen([sys.executable, "-c", _WARM_SERVER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env, text=True)
+
+    def run(self, code: str, args: list[str], cwd: Path, timeout: float = 300):
+        import json
+        import os
+        import signal
+        import subprocess
+        import tempfile
+        import threading
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"code": code, "args": args, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            pid = json.loads(self._proc.stdout.readline())["pid"]
+            fired: list[bool] = []
+
+            def kill() -> None:
+                fired.append(True)
+                os.kill(pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                code = json.loads(self._proc.stdout.readline())["returncode"]
+            finally:
+                timer.cancel()
+            if fired:
+                raise subprocess.TimeoutExpired(["python", "-c", "...", *args], timeout)
+            return subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait(timeout=30)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import pytest
 import torch
 
-from helpers import make_image_folder, requires_fashion_mnist
+from helpers import WarmPython, make_image_folder, requires_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ARGS = ["--model", "resnet20", "--model-kwargs", "width=0.25", "--subset", "128", "--val-subset", "64",
@@ -33,12 +33,39 @@ def _env() -> dict[str, str]:
             "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
+_WARM: list[WarmPython] = []  # the module's warm interpreter, while its tests run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm():
+    _WARM.append(WarmPython(_env()))
+    yield
+    _WARM.pop().close()
+
+
 def gctnet(args: Sequence[str], cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
-    """``gctnet ARGS`` in a subprocess; ``prelude`` is Python run first in that process (to simulate a
-    full disk or a read-only file system)."""
+    """``gctnet ARGS`` in a process of its own, forked from a warm interpreter (:class:`helpers.WarmPython`:
+    its own exit status, stdout and stderr); ``prelude`` is Python run first in that process (to simulate
+    a full disk or a read-only file system)."""
     code = f"{prelude}\nimport sys\nfrom gctnet.cli import main\nsys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    return _WARM[0].run(code, [str(a) for a in args], cwd)
+
+
+@pytest.mark.parametrize("code", [
+    "import sys; print('out'); print('err', file=sys.stderr)",
+    "import sys; sys.exit(2)",
+    "import sys; sys.exit('gctnet x: error: a message')",
+    "raise ValueError('boom')",
+    "import atexit, sys; atexit.register(lambda: print('at exit')); print(sys.argv[1:])",
+    "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+])
+def test_the_warm_interpreter_behaves_as_a_fresh_one(tmp_path, code):
+    """Exit status, stdout and stderr of ``python -c CODE a b`` are those of a fresh interpreter."""
+    fresh = subprocess.run([sys.executable, "-c", code, "a", "b"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)
+    warm = _WARM[0].run(code, ["a", "b"], tmp_path)
+    assert (warm.returncode, warm.stdout) == (fresh.returncode, fresh.stdout)
+    assert warm.stderr.splitlines()[-1:] == fresh.stderr.splitlines()[-1:]  # a traceback's last line
 
 
 def snapshot(root: Path) -> dict[str, str]:
