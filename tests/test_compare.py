@@ -265,12 +265,12 @@ def test_report_only_trains_nothing_and_names_the_unfinished_runs(finished, tmp_
     result = compare.run(MODELS, SEEDS, copy, train_options=OPTIONS, log=lines.append, analyze=False,
                          cost_repeats=0, train=False)
     assert result.trained == 0 and result.skipped == 2
-    assert result.not_trained == ["resnet20 seed 1", "gct_resnet20 seed 1"]
-    assert any("report only: 2 unfinished run(s) not trained: resnet20 seed 1, gct_resnet20 seed 1" in x for x in lines)
+    assert result.not_trained == [("resnet20", 1), ("gct_resnet20", 1)]
+    assert any("report only: 2 unfinished run(s) not trained: resnet20 seed 1; gct_resnet20 seed 1" in x for x in lines)
     assert [(s.model, s.seeds) for s in result.summaries] == [("resnet20", [0]), ("gct_resnet20", [0])]
     report = result.report.read_text()
     assert ("**partial report**: 2 of the 4 runs asked for are not finished and were not trained by this call "
-            "(report only): resnet20 seed 1, gct_resnet20 seed 1") in report
+            "(report only): resnet20 seed 1; gct_resnet20 seed 1") in report
     assert not (copy / "runs" / "resnet20" / "seed1").exists()
     # the command line's flag; an empty folder has nothing to report
     argv = ["compare", "--models", ",".join(MODELS), "--seeds", "2", "--epochs", "1", "--subset", "128",
@@ -544,6 +544,11 @@ def test_figure_titles_name_the_models_and_seeds(finished, monkeypatch):
     data_hi = max([g.mean + g.std for g in a.gates] + [1.0])
     assert lo <= data_lo and hi >= data_hi
     assert (hi - lo) <= 1.2 * (data_hi - data_lo) + 0.01 and (lo, hi) != (0.0, 2.0)
+
+
+def test_runs_text_groups_seeds_by_model():
+    runs = [("ge_resnet20", 0), ("ge_resnet20", 1), ("ge_resnet20", 2), ("gc_resnet20", 1), ("x", 0), ("x", 2)]
+    assert compare._runs_text(runs) == "ge_resnet20 seeds 0-2; gc_resnet20 seed 1; x seeds 0, 2"
 
 
 def test_seeds_text_groups_models_by_their_seeds():

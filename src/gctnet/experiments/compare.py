@@ -257,7 +257,7 @@ class CompareResult:
     cost: Optional[dict[str, Any]] = None  # the side-by-side cost measurement (cost.json), None when skipped
     trained: int = 0  # runs trained (or resumed) by this call
     skipped: int = 0  # runs found finished
-    not_trained: list[str] = field(default_factory=list)  # unfinished runs left alone (``train=False``)
+    not_trained: list[tuple[str, int]] = field(default_factory=list)  # unfinished (model, seed) left alone
 
     @property
     def report(self) -> Path:
@@ -483,9 +483,9 @@ def _compare(out: Path, model_list: list[str], seed_list: list[int], base: str, 
     for i, (model, seed, config) in enumerate(jobs, start=1):
         if status[config.out] == "done":
             say(f"run {i}/{len(jobs)}: {model} seed {seed} already finished, skipped")
-    not_trained = [] if train else [run.name for run in planned]
+    not_trained = [] if train else [(run.model, run.seed) for run in planned]
     if not_trained:
-        say(f"compare: report only: {len(not_trained)} unfinished run(s) not trained: {', '.join(not_trained)}")
+        say(f"compare: report only: {len(not_trained)} unfinished run(s) not trained: {_runs_text(not_trained)}")
         planned = []
     launched = (launcher or launchers.Sequential()).launch(planned, say) if planned else launchers.LaunchResult()
     trained = launched.trained
@@ -721,7 +721,7 @@ def _settings_lines(result: CompareResult, settings: Mapping[str, Any]) -> list[
         f"({settings.get('cpu_threads')} torch threads), {settings.get('cuda') or 'no GPU'}; this call trained {result.trained} run(s), skipped "
         f"{result.skipped} finished one(s), took {format_seconds(float(settings.get('wall_seconds_this_call', 0)))}",
     ] + ([f"- **partial report**: {len(result.not_trained)} of the {len(result.models) * len(result.seeds)} runs asked "
-          f"for are not finished and were not trained by this call (report only): {', '.join(result.not_trained)}"]
+          f"for are not finished and were not trained by this call (report only): {_runs_text(result.not_trained)}"]
          if result.not_trained else [])
 
 
@@ -731,6 +731,14 @@ def _seed_list(seeds: Sequence[int]) -> str:
     if len(seeds) >= 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
         return f"{seeds[0]}-{seeds[-1]}"
     return ", ".join(map(str, seeds))
+
+
+def _runs_text(runs: Sequence[tuple[str, int]]) -> str:
+    """``ge_resnet20 seeds 0-2; gc_resnet20 seed 1``: (model, seed) pairs grouped by model."""
+    by_model: dict[str, list[int]] = {}
+    for model, seed in runs:
+        by_model.setdefault(model, []).append(seed)
+    return "; ".join(f"{m} seed{'s' if len(seeds) > 1 else ''} {_seed_list(seeds)}" for m, seeds in by_model.items())
 
 
 def _seeds_text(summaries: Sequence[ModelSummary]) -> str:
