@@ -577,6 +577,13 @@ def test_a_field_of_many_models_gets_readable_figures(tmp_path, monkeypatch):
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == [f"{m} (n=3)" for m in models[1:]]
     assert all(len(ax.get_lines()) == 2 for ax in panels)  # the model and the grey plain one
+    # 7 panels in rows of 4: the last panel of each column carries the epoch axis, also above an empty slot
+    plots.plot_accuracy_curves({m: curves[m] for m in models[:8]}, tmp_path / "seven.png", reference="resnet20")
+    seven = [ax for ax in figures["seven.png"].axes if ax.get_visible()]
+    bottom = {ax.get_subplotspec().colspan.start: ax for ax in seven}
+    assert len(seven) == 7 and [ax.get_xlabel() for ax in bottom.values()] == ["epoch"] * 4
+    assert bottom[3].get_subplotspec().rowspan.start == 0
+    assert all(t.get_visible() for t in bottom[3].get_xticklabels())
     suptitle = fig._suptitle.get_text()
     assert "grey: resnet20 (n=3) in every panel" in " ".join(suptitle.split()) and "\n" in suptitle  # wrapped
     # up to CURVES_IN_ONE_PANEL models share one panel

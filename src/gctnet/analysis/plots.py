@@ -269,8 +269,11 @@ def plot_accuracy_curves(
         finish(ax)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch", fontsize=8)
+    for col in range(ncols):  # the lowest visible panel of each column carries the epoch axis
+        visible = [ax for ax in axes[:, col] if ax.get_visible()]
+        if visible:
+            visible[-1].xaxis.set_tick_params(labelbottom=True)
+            visible[-1].set_xlabel("epoch", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel, fontsize=8)
     if reference in drawn:
